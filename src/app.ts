@@ -1,0 +1,53 @@
+import { Elysia } from 'elysia'
+import type { Authenticator } from './auth'
+import type { Config } from './config'
+import { httpErrors } from './http'
+import type { Logger } from './log'
+import type { HealthBody } from './model/http'
+import { eventsModule } from './modules/events'
+import type { EventService } from './modules/events/service'
+import { healthModule } from './modules/health'
+import { realtimeModule } from './modules/realtime'
+import type { Hub } from './realtime/hub'
+import type { EventStore } from './store/event-store'
+
+export interface AppDeps {
+  config: Config
+  store: EventStore
+  hub: Hub
+  events: EventService
+  auth: Authenticator
+  log: Logger
+  health: () => HealthBody
+}
+
+/** The whole HTTP and WebSocket surface, in one chain. Eden clients import `type App`. */
+export function createApp(deps: AppDeps) {
+  const { config } = deps
+  return new Elysia({
+    serve: { maxRequestBodySize: config.maxBodyBytes, reusePort: false },
+    websocket: {
+      maxPayloadLength: config.maxFrameBytes,
+      // A reader that falls this far behind is closed rather than having frames dropped silently;
+      // it reconnects and resumes from its last seq.
+      backpressureLimit: 16 * 1024 * 1024,
+      closeOnBackpressureLimit: true,
+    },
+  })
+    .use(httpErrors(config.maxBodyBytes, deps.log))
+    .use(healthModule(deps.health))
+    .use(eventsModule(deps.events, deps.auth))
+    .use(
+      realtimeModule({
+        hub: deps.hub,
+        store: deps.store,
+        events: deps.events,
+        auth: deps.auth,
+        config,
+        log: deps.log,
+        stats: () => ({ ...deps.health(), lastSeq: deps.store.lastSeq(), epoch: deps.store.epoch }),
+      }),
+    )
+}
+
+export type App = ReturnType<typeof createApp>

@@ -1,0 +1,123 @@
+import { z } from 'zod'
+import { PRINCIPAL_ID_PATTERN } from './model/channels'
+
+/**
+ * Every setting, with its environment variable and default. `bun start --port 4000` mirrors
+ * REALTIME_PORT=4000 (flag = variable without the prefix, lowercase, `_` → `-`).
+ * A bad value stops the start with one message naming the setting.
+ */
+export interface Config {
+  /** Bind address; loopback unless the operator says otherwise. */
+  host: string
+  /** First port to try; if taken, the next free one up to +20 is used. 0 = any free port. */
+  port: number
+  /** SQLite file, or `:memory:`. */
+  dbPath: string
+  /** Events older than this (by their `timestamp`) are pruned at startup and every pruneIntervalMs. */
+  retentionHours: number
+  pruneIntervalMs: number
+  auth: { mode: 'none'; orgId: string; userId: string } | { mode: 'jwt'; secret: string }
+  /** How long a `jwt`-mode socket may stay unauthenticated before close 4408. */
+  authTimeoutMs: number
+  /** Inbound WebSocket messages allowed per connection per window; null = unlimited. */
+  rateLimit: { max: number; windowMs: number } | null
+  maxBodyBytes: number
+  maxFrameBytes: number
+  logLevel: 'debug' | 'info' | 'warn' | 'error'
+}
+
+const DURATION_UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }
+
+/** `60/10s` → 60 messages per 10 000 ms; `off` → no limit. */
+export function parseRateLimit(value: string): Config['rateLimit'] {
+  if (value === 'off') return null
+  const match = /^(\d+)\/(\d+)?(ms|s|m|h)$/.exec(value)
+  const max = Number(match?.[1])
+  if (!match || max < 1) throw new Error('must look like 60/10s (count/window, units ms s m h) or off')
+  return { max, windowMs: Number(match[2] ?? 1) * DURATION_UNITS[match[3]!]! }
+}
+
+const integer = (min: number, max = Number.MAX_SAFE_INTEGER) =>
+  z.coerce.number({ error: 'must be a number' }).int('must be a whole number').min(min).max(max)
+
+const envSchema = z.object({
+  REALTIME_HOST: z.string().min(1).default('127.0.0.1'),
+  REALTIME_PORT: integer(0, 65535).default(3693),
+  REALTIME_DB: z.string().min(1).default('./data/realtime.db'),
+  REALTIME_RETENTION_HOURS: z.coerce.number({ error: 'must be a number' }).positive().default(24),
+  REALTIME_PRUNE_INTERVAL_SECONDS: z.coerce.number({ error: 'must be a number' }).positive().default(600),
+  REALTIME_AUTH: z.enum(['none', 'jwt']).default('none'),
+  REALTIME_JWT_SECRET: z.string().min(32, 'must be at least 32 characters').optional(),
+  REALTIME_AUTH_TIMEOUT_MS: integer(1).default(30_000),
+  REALTIME_ORG_ID: z.string().regex(PRINCIPAL_ID_PATTERN, 'must be 1-128 characters of A-Z a-z 0-9 . _ @ : + -').default('local'),
+  REALTIME_USER_ID: z.string().regex(PRINCIPAL_ID_PATTERN, 'must be 1-128 characters of A-Z a-z 0-9 . _ @ : + -').default('local'),
+  REALTIME_RATE_LIMIT: z.string().default('60/10s'),
+  REALTIME_MAX_BODY_BYTES: integer(1024).default(1_048_576),
+  REALTIME_MAX_FRAME_BYTES: integer(256).default(65_536),
+  REALTIME_LOG_LEVEL: z.enum(['debug', 'info', 'warn', 'error']).default('info'),
+})
+
+export const SETTINGS = Object.keys(envSchema.shape) as Array<keyof typeof envSchema.shape>
+
+export class ConfigError extends Error {}
+
+/** Reads settings from the environment, overridden by `--flag value` / `--flag=value` arguments. */
+export function loadConfig(env: Record<string, string | undefined>, argv: readonly string[] = []): Config {
+  const values: Record<string, string | undefined> = {}
+  for (const name of SETTINGS) values[name] = env[name] === '' ? undefined : env[name]
+  Object.assign(values, parseFlags(argv))
+
+  const parsed = envSchema.safeParse(values)
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!
+    const name = String(issue.path[0])
+    throw new ConfigError(`${name}=${JSON.stringify(values[name] ?? '')} is invalid: ${issue.message}`)
+  }
+  const s = parsed.data
+  let rateLimit: Config['rateLimit']
+  try {
+    rateLimit = parseRateLimit(s.REALTIME_RATE_LIMIT)
+  } catch (error) {
+    throw new ConfigError(`REALTIME_RATE_LIMIT=${JSON.stringify(s.REALTIME_RATE_LIMIT)} is invalid: ${(error as Error).message}`)
+  }
+  if (s.REALTIME_AUTH === 'jwt' && !s.REALTIME_JWT_SECRET) {
+    throw new ConfigError('REALTIME_JWT_SECRET is required when REALTIME_AUTH=jwt')
+  }
+  return {
+    host: s.REALTIME_HOST,
+    port: s.REALTIME_PORT,
+    dbPath: s.REALTIME_DB,
+    retentionHours: s.REALTIME_RETENTION_HOURS,
+    pruneIntervalMs: s.REALTIME_PRUNE_INTERVAL_SECONDS * 1000,
+    auth:
+      s.REALTIME_AUTH === 'jwt'
+        ? { mode: 'jwt', secret: s.REALTIME_JWT_SECRET! }
+        : { mode: 'none', orgId: s.REALTIME_ORG_ID, userId: s.REALTIME_USER_ID },
+    authTimeoutMs: s.REALTIME_AUTH_TIMEOUT_MS,
+    rateLimit,
+    maxBodyBytes: s.REALTIME_MAX_BODY_BYTES,
+    maxFrameBytes: s.REALTIME_MAX_FRAME_BYTES,
+    logLevel: s.REALTIME_LOG_LEVEL,
+  }
+}
+
+/** `--retention-hours 2` and `--retention-hours=2` → { REALTIME_RETENTION_HOURS: '2' }. */
+function parseFlags(argv: readonly string[]): Record<string, string> {
+  const out: Record<string, string> = {}
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!
+    if (!arg.startsWith('--')) throw new ConfigError(`unexpected argument ${JSON.stringify(arg)}`)
+    const [flag, inline] = arg.slice(2).split(/=(.*)/s, 2) as [string, string | undefined]
+    const name = `REALTIME_${flag.toUpperCase().replaceAll('-', '_')}`
+    if (!(SETTINGS as string[]).includes(name)) throw new ConfigError(`unknown option --${flag}`)
+    const value = inline ?? argv[++i]
+    if (value === undefined) throw new ConfigError(`option --${flag} needs a value`)
+    out[name] = value
+  }
+  return out
+}
+
+/** The defaults, overridden by `overrides`: what an embedding program starts from. */
+export function defaultConfig(overrides: Partial<Config> = {}): Config {
+  return { ...loadConfig({}), ...overrides }
+}

@@ -1,0 +1,61 @@
+import { index, integer, primaryKey, sqliteTable, text } from 'drizzle-orm/sqlite-core'
+
+/**
+ * Tables (Drizzle's "schema"). Migrations are generated from this file into drizzle/ with
+ * `bun run db:generate` and applied at startup; never edit them by hand.
+ */
+
+/**
+ * The event log. `seq` is AUTOINCREMENT so SQLite never reuses a value, even after the newest rows
+ * are pruned: it is the replay cursor clients keep across restarts.
+ */
+export const events = sqliteTable(
+  'events',
+  {
+    seq: integer('seq').primaryKey({ autoIncrement: true }),
+    id: text('id').notNull().unique(),
+    orgId: text('org_id').notNull(),
+    userId: text('user_id').notNull(),
+    type: text('type').notNull(),
+    /** The payload as JSON text, sent to subscribers as it is stored (never re-serialised). */
+    payload: text('payload').notNull(),
+    timestamp: integer('timestamp').notNull(),
+    receivedAt: integer('received_at').notNull(),
+    /** JSON array of the channel ids the event was delivered on. */
+    channels: text('channels').notNull(),
+  },
+  (t) => [index('events_timestamp').on(t.timestamp), index('events_org_seq').on(t.orgId, t.seq)],
+)
+
+/**
+ * One row per (event, channel): replaying a channel is a range scan of this primary key.
+ */
+export const eventChannels = sqliteTable(
+  'event_channels',
+  {
+    orgId: text('org_id').notNull(),
+    channel: text('channel').notNull(),
+    seq: integer('seq').notNull(),
+  },
+  (t) => [primaryKey({ columns: [t.orgId, t.channel, t.seq] })],
+)
+
+/**
+ * The highest seq pruned from each channel (channel `*` stands for the whole organisation), so a
+ * replay can tell whether anything after its cursor is gone (`truncated`).
+ */
+export const pruneMarks = sqliteTable(
+  'prune_marks',
+  {
+    orgId: text('org_id').notNull(),
+    channel: text('channel').notNull(),
+    prunedSeq: integer('pruned_seq').notNull(),
+  },
+  (t) => [primaryKey({ columns: [t.orgId, t.channel] })],
+)
+
+/** Small key/value facts about this database, such as its `epoch`. */
+export const meta = sqliteTable('meta', {
+  key: text('key').primaryKey(),
+  value: text('value').notNull(),
+})

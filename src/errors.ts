@@ -1,0 +1,54 @@
+/**
+ * Errors with a wire code, and the WebSocket close codes. Every code a client can see is named here.
+ */
+
+/** An HTTP API error: answered as `{"error":{"code","message"}}` with `status`. */
+export class ApiError extends Error {
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+  ) {
+    super(message)
+  }
+}
+
+export const badRequest = (message: string) => new ApiError(400, 'invalid_body', message)
+export const forbidden = (message: string) => new ApiError(403, 'forbidden', message)
+
+/**
+ * WebSocket close codes. "Reconnect" says what a well-behaved client does next.
+ */
+export const CloseCode = {
+  /** Server shutting down. Reconnect (with backoff) and resume from the last seq. */
+  GoingAway: 1001,
+  /** An inbound frame exceeded REALTIME_MAX_FRAME_BYTES. Reconnect, but do not resend that frame. */
+  FrameTooLarge: 1009,
+  /** Replaced by a newer session of the same user. Do not reconnect. */
+  SessionReplaced: 4002,
+  /** Missing, bad or expired credentials. Do not reconnect with the same token. */
+  Unauthorized: 4401,
+  /** No `auth` message within the auth timeout. Reconnect and authenticate promptly. */
+  AuthTimeout: 4408,
+  /** Inbound messages exceeded REALTIME_RATE_LIMIT. Reconnect after backoff, send less. */
+  RateLimited: 4429,
+} as const
+
+/** Codes of `{"type":"error"}` frames; the connection stays open after each. */
+export const WsErrorCode = {
+  InvalidJson: 'invalid_json',
+  InvalidMessage: 'invalid_message',
+  UnknownType: 'unknown_type',
+  InvalidChannel: 'invalid_channel',
+  Forbidden: 'forbidden',
+  NotSubscribed: 'not_subscribed',
+  NotAuthenticated: 'not_authenticated',
+  Internal: 'internal_error',
+} as const
+
+/** "events[0].payload.duration: expected number…" — the field path, then zod's message. */
+export function describeIssue(issue: { path: readonly PropertyKey[]; message: string }, prefix?: string): string {
+  let path = prefix ?? ''
+  for (const key of issue.path) path += typeof key === 'number' ? `[${key}]` : path ? `.${String(key)}` : String(key)
+  return path ? `${path}: ${issue.message}` : issue.message
+}

@@ -1,0 +1,34 @@
+#!/usr/bin/env bun
+/** `bun start`: run Switchboard from environment variables and flags until SIGINT/SIGTERM. */
+import { ConfigError, loadConfig } from './config'
+import { createLogger } from './log'
+import { createRealtimeServer } from './server'
+
+const bootLog = createLogger('info')
+let config
+try {
+  config = loadConfig(process.env, process.argv.slice(2))
+} catch (error) {
+  if (!(error instanceof ConfigError)) throw error
+  bootLog.error('invalid_config', { message: error.message })
+  process.exit(2)
+}
+
+const server = createRealtimeServer(config)
+try {
+  await server.start()
+} catch (error) {
+  bootLog.error('start_failed', { message: (error as Error).message })
+  process.exit(1)
+}
+
+let stopping = false
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.on(signal, async () => {
+    if (stopping) return
+    stopping = true
+    bootLog.info('shutdown', { signal })
+    await server.stop()
+    process.exit(0)
+  })
+}

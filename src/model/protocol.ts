@@ -1,0 +1,63 @@
+import { z } from 'zod'
+import { channelId } from './channels'
+
+/**
+ * WebSocket frames (text, one JSON object each). Imports only zod: the client shares this file.
+ * The full protocol, with examples, is in the README.
+ */
+
+/** A replay cursor: 0 means "from the start of what is stored". */
+export const seqCursor = z.number().int().nonnegative()
+
+export const authMessage = z.object({ type: z.literal('auth'), token: z.string().min(1).max(8192) })
+
+/**
+ * Subscribe to a channel. With `since`, every stored event of the channel with a larger seq is
+ * replayed first, then live events follow with no gap and no duplicate. `epoch` is the database
+ * epoch the cursor came from; a different one means the cursor is meaningless here (replay from 0,
+ * `truncated: true`). Subscribing again to a channel restarts it the same way.
+ */
+export const subscribeMessage = z.object({
+  type: z.literal('subscribe'),
+  channelId,
+  since: seqCursor.optional(),
+  epoch: z.string().min(1).max(64).optional(),
+})
+
+export const unsubscribeMessage = z.object({ type: z.literal('unsubscribe'), channelId })
+export const pingMessage = z.object({ type: z.literal('ping') })
+
+export const REQUEST_ACTIONS = ['history', 'stats'] as const
+export const requestMessage = z.object({
+  type: z.literal('request'),
+  id: z.string().min(1).max(128),
+  action: z.string().min(1).max(64),
+  payload: z.record(z.string(), z.unknown()).optional(),
+})
+
+export const clientMessage = z.discriminatedUnion('type', [
+  authMessage,
+  subscribeMessage,
+  unsubscribeMessage,
+  pingMessage,
+  requestMessage,
+])
+export type ClientMessage = z.infer<typeof clientMessage>
+export const CLIENT_MESSAGE_TYPES = clientMessage.options.map((option) => option.shape.type.value)
+
+/** Payload of the `history` request: a channel's stored events after `since`, one page. */
+export const historyRequest = z.object({
+  channelId,
+  since: seqCursor.default(0),
+  limit: z.number().int().min(1).max(1000).default(100),
+})
+
+/** Server → client frames other than events. */
+export type ServerMessage =
+  | { type: 'authenticated'; userId: string; orgId: string }
+  | { type: 'subscribed'; channelId: string; epoch: string; truncated?: true; replayed?: number }
+  | { type: 'unsubscribed'; channelId: string }
+  | { type: 'pong' }
+  | { type: 'response'; requestId: string; success: true; data: unknown }
+  | { type: 'response'; requestId: string; success: false; error: string }
+  | { type: 'error'; code: string; message: string; channelId?: string; requestId?: string }

@@ -1,0 +1,20 @@
+import { Elysia } from 'elysia'
+import type { Authenticator } from '../../auth'
+import { ingestBody, sinceQuery } from '../../model/http'
+import { bearerToken } from '../../http'
+import type { EventService } from './service'
+
+/** POST /ingest and GET /api/events/since. */
+export const eventsModule = (events: EventService, auth: Authenticator) =>
+  new Elysia({ name: 'events' })
+    .resolve(async ({ headers }) => ({ principal: await auth.authenticate(bearerToken(headers.authorization)) }))
+    .post(
+      '/ingest',
+      ({ body, principal }) => events.ingest(principal, 'events' in body ? body.events : [body]),
+      { body: ingestBody },
+    )
+    .get(
+      '/api/events/since',
+      ({ query, principal }) => events.history(principal, query),
+      { query: sinceQuery },
+    )

@@ -1,0 +1,258 @@
+import { AuthError, type Authenticator, type Principal } from '../auth'
+import type { Config } from '../config'
+import { ApiError, CloseCode, describeIssue, WsErrorCode } from '../errors'
+import type { Logger } from '../log'
+import { CLIENT_MESSAGE_TYPES, type ClientMessage, clientMessage, historyRequest, type ServerMessage } from '../model/protocol'
+import type { EventService } from '../modules/events/service'
+import type { EventStore } from '../store/event-store'
+import { eventFrame } from './frames'
+import type { Hub, Socket } from './hub'
+
+/** Events per replay page; between pages the session yields, and waits for the socket to drain. */
+export const REPLAY_PAGE = 500
+/** Bytes queued on a socket past which a replay waits for Bun's drain callback. */
+const REPLAY_HIGH_WATER = 1 << 20
+
+export interface SessionDeps {
+  hub: Hub
+  store: EventStore
+  events: EventService
+  auth: Authenticator
+  config: Pick<Config, 'rateLimit' | 'authTimeoutMs'>
+  log: Logger
+  stats: () => Record<string, unknown>
+}
+
+/**
+ * One WebSocket connection's protocol state: authentication, subscriptions, replays, rate limit.
+ * Every timer and subscription it creates is released in `closed()`.
+ */
+export class Session {
+  private principal: Principal | null = null
+  /** channel → generation of its latest subscribe; a replay stops when its generation is stale. */
+  private readonly subscriptions = new Map<string, number>()
+  private generation = 0
+  private authTimer: ReturnType<typeof setTimeout> | undefined
+  private windowStart = 0
+  private windowCount = 0
+  private drainWaiters: Array<() => void> = []
+  private isClosed = false
+
+  constructor(
+    private readonly socket: Socket,
+    private readonly deps: SessionDeps,
+  ) {}
+
+  /** Called once the socket is open; `queryToken` is `?token=` from the upgrade, if any. */
+  async opened(queryToken: string | undefined): Promise<void> {
+    this.deps.hub.add(this.socket)
+    if (!this.deps.auth.required) {
+      this.principal = await this.deps.auth.authenticate(undefined)
+      return
+    }
+    if (queryToken !== undefined) {
+      await this.authenticate(queryToken)
+      return
+    }
+    this.authTimer = setTimeout(() => {
+      this.deps.log.info('auth_timeout')
+      this.socket.close(CloseCode.AuthTimeout, 'no auth message in time')
+    }, this.deps.config.authTimeoutMs)
+  }
+
+  async received(raw: unknown): Promise<void> {
+    if (this.isClosed) return
+    if (!this.withinRateLimit()) {
+      this.deps.log.warn('rate_limit_hit', { userId: this.principal?.userId })
+      this.socket.close(CloseCode.RateLimited, 'rate limit exceeded')
+      return
+    }
+    const message = this.parse(raw)
+    if (!message) return
+    if (!this.principal && message.type !== 'auth' && message.type !== 'ping') {
+      this.error(WsErrorCode.NotAuthenticated, 'authenticate first: {"type":"auth","token":"…"}')
+      return
+    }
+    switch (message.type) {
+      case 'auth':
+        return this.authenticate(message.token)
+      case 'ping':
+        return this.send({ type: 'pong' })
+      case 'subscribe':
+        return this.subscribe(message.channelId, message.since, message.epoch)
+      case 'unsubscribe':
+        return this.unsubscribe(message.channelId)
+      case 'request':
+        return this.request(message.id, message.action, message.payload ?? {})
+    }
+  }
+
+  /** Bun's drain callback: the socket's send buffer has room again. */
+  drained(): void {
+    const waiters = this.drainWaiters
+    this.drainWaiters = []
+    for (const wake of waiters) wake()
+  }
+
+  closed(): void {
+    this.isClosed = true
+    clearTimeout(this.authTimer)
+    this.subscriptions.clear()
+    this.drained()
+    this.deps.hub.remove(this.socket)
+  }
+
+  private async authenticate(token: string): Promise<void> {
+    try {
+      const principal = await this.deps.auth.authenticate(token)
+      if (this.isClosed) return
+      if (this.principal && (this.principal.orgId !== principal.orgId || this.principal.userId !== principal.userId)) {
+        this.error(WsErrorCode.Forbidden, 'this connection is already authenticated as another principal')
+        return
+      }
+      clearTimeout(this.authTimer)
+      this.principal = principal
+      this.send({ type: 'authenticated', userId: principal.userId, orgId: principal.orgId })
+    } catch (error) {
+      const reason = error instanceof AuthError ? error.message : 'authentication failed'
+      this.deps.log.info('auth_failed', { reason })
+      this.socket.close(CloseCode.Unauthorized, reason)
+    }
+  }
+
+  /**
+   * Subscribes, replaying first when `since` is given. The replay reads pages until one comes back
+   * short; that last read and the topic subscription happen in one synchronous step, and events are
+   * committed and published in one synchronous step too, so every event is either in a page or
+   * delivered live: no gap, no duplicate.
+   */
+  private async subscribe(channelId: string, since: number | undefined, epoch: string | undefined): Promise<void> {
+    const principal = this.principal!
+    try {
+      this.deps.events.authorizeChannel(principal, channelId, 'channelId')
+    } catch (error) {
+      this.error(WsErrorCode.Forbidden, (error as Error).message, { channelId })
+      return
+    }
+    const generation = ++this.generation
+    this.subscriptions.set(channelId, generation)
+    const { hub, store } = this.deps
+    hub.unsubscribe(this.socket, principal.orgId, channelId)
+
+    if (since === undefined) {
+      hub.subscribe(this.socket, principal.orgId, channelId)
+      this.send({ type: 'subscribed', channelId, epoch: store.epoch })
+      return
+    }
+    const replay = this.deps.events.replayFrom(principal.orgId, channelId, since, epoch)
+    this.send({ type: 'subscribed', channelId, epoch: store.epoch, ...(replay.truncated ? { truncated: true } : {}) })
+    let after = replay.from
+    for (;;) {
+      if (this.subscriptions.get(channelId) !== generation) return // unsubscribed, resubscribed or closed
+      const page = store.readChannel(principal.orgId, channelId, after, REPLAY_PAGE)
+      for (const event of page) this.socket.send(eventFrame(event, channelId))
+      after = page.at(-1)?.seq ?? after
+      if (page.length < REPLAY_PAGE) {
+        hub.subscribe(this.socket, principal.orgId, channelId)
+        return
+      }
+      await this.roomToSend()
+    }
+  }
+
+  private unsubscribe(channelId: string): void {
+    this.subscriptions.delete(channelId)
+    this.deps.hub.unsubscribe(this.socket, this.principal!.orgId, channelId)
+    this.send({ type: 'unsubscribed', channelId })
+  }
+
+  private request(requestId: string, action: string, payload: Record<string, unknown>): void {
+    const principal = this.principal!
+    try {
+      switch (action) {
+        case 'history': {
+          const query = historyRequest.safeParse(payload)
+          if (!query.success) throw new ApiError(400, 'invalid_payload', describeIssue(query.error.issues[0]!, 'payload'))
+          const { channelId, since, limit } = query.data
+          const page = this.deps.events.history(principal, { channel: channelId, since, limit })
+          return this.send({ type: 'response', requestId, success: true, data: page })
+        }
+        case 'stats':
+          return this.send({
+            type: 'response',
+            requestId,
+            success: true,
+            data: { ...this.deps.stats(), subscriptions: [...this.subscriptions.keys()] },
+          })
+        default:
+          throw new ApiError(400, 'unknown_action', `unknown action ${JSON.stringify(action)} (known: history, stats)`)
+      }
+    } catch (error) {
+      const message = error instanceof ApiError ? error.message : 'internal error'
+      if (!(error instanceof ApiError)) this.deps.log.error('request_failed', { action, error: String(error) })
+      this.send({ type: 'response', requestId, success: false, error: message })
+    }
+  }
+
+  /** Yields to the event loop between replay pages, and waits while the socket is backed up. */
+  private roomToSend(): Promise<void> {
+    if (this.socket.getBufferedAmount() < REPLAY_HIGH_WATER) return new Promise((resolve) => setImmediate(resolve))
+    return new Promise((resolve) => this.drainWaiters.push(resolve))
+  }
+
+  private withinRateLimit(): boolean {
+    const limit = this.deps.config.rateLimit
+    if (!limit) return true
+    const now = Date.now()
+    if (now - this.windowStart >= limit.windowMs) {
+      this.windowStart = now
+      this.windowCount = 0
+    }
+    return ++this.windowCount <= limit.max
+  }
+
+  /** Validates one inbound frame; answers bad input with an error frame and returns undefined. */
+  private parse(raw: unknown): ClientMessage | undefined {
+    if (typeof raw === 'string') {
+      // Elysia has already tried JSON.parse: a string here is not JSON, or is a JSON string.
+      let isJson = true
+      try {
+        JSON.parse(raw)
+      } catch {
+        isJson = false
+      }
+      this.error(
+        isJson ? WsErrorCode.InvalidMessage : WsErrorCode.InvalidJson,
+        isJson ? 'a message must be a JSON object' : 'message is not valid JSON',
+      )
+      return undefined
+    }
+    if (typeof raw !== 'object' || raw === null || Array.isArray(raw) || ArrayBuffer.isView(raw)) {
+      this.error(WsErrorCode.InvalidMessage, ArrayBuffer.isView(raw) ? 'binary frames are not supported' : 'a message must be a JSON object')
+      return undefined
+    }
+    const type = (raw as { type?: unknown }).type
+    if (typeof type !== 'string' || !(CLIENT_MESSAGE_TYPES as string[]).includes(type)) {
+      this.error(
+        WsErrorCode.UnknownType,
+        `unknown message type ${JSON.stringify(type ?? null)} (known: ${CLIENT_MESSAGE_TYPES.join(', ')})`,
+      )
+      return undefined
+    }
+    const parsed = clientMessage.safeParse(raw)
+    if (parsed.success) return parsed.data
+    const issue = parsed.error.issues[0]!
+    const requestId = (raw as { id?: unknown }).id
+    const extra = type === 'request' && typeof requestId === 'string' ? { requestId } : {}
+    this.error(issue.path[0] === 'channelId' ? WsErrorCode.InvalidChannel : WsErrorCode.InvalidMessage, describeIssue(issue), extra)
+    return undefined
+  }
+
+  private error(code: string, message: string, extra: { channelId?: string; requestId?: string } = {}): void {
+    this.send({ type: 'error', code, message, ...extra })
+  }
+
+  private send(message: ServerMessage): void {
+    if (!this.isClosed) this.socket.send(JSON.stringify(message))
+  }
+}
