@@ -1,0 +1,79 @@
+import { describe, expect, test } from 'bun:test'
+import { ConfigError, loadConfig, parseRateLimit } from '../../src/config'
+
+describe('loadConfig', () => {
+  test('defaults match the protocol', () => {
+    const config = loadConfig({})
+    expect(config).toEqual({
+      host: '127.0.0.1',
+      port: 3693,
+      dbPath: './data/realtime.db',
+      retentionHours: 24,
+      pruneIntervalMs: 600_000,
+      auth: { mode: 'none', orgId: 'local', userId: 'local' },
+      authTimeoutMs: 30_000,
+      rateLimit: { max: 60, windowMs: 10_000 },
+      maxBodyBytes: 1_048_576,
+      maxFrameBytes: 65_536,
+      logLevel: 'info',
+    })
+  })
+
+  test('reads every variable, and flags override the environment', () => {
+    const config = loadConfig(
+      { REALTIME_PORT: '4000', REALTIME_DB: ':memory:', REALTIME_RETENTION_HOURS: '0.5', REALTIME_ORG_ID: 'acme' },
+      ['--port', '5000', '--rate-limit=10/1m'],
+    )
+    expect(config.port).toBe(5000)
+    expect(config.dbPath).toBe(':memory:')
+    expect(config.retentionHours).toBe(0.5)
+    expect(config.auth).toEqual({ mode: 'none', orgId: 'acme', userId: 'local' })
+    expect(config.rateLimit).toEqual({ max: 10, windowMs: 60_000 })
+  })
+
+  test('an empty variable means the default', () => {
+    expect(loadConfig({ REALTIME_PORT: '' }).port).toBe(3693)
+  })
+
+  test.each([
+    [{ REALTIME_PORT: 'abc' }, /^REALTIME_PORT="abc" is invalid/],
+    [{ REALTIME_PORT: '70000' }, /^REALTIME_PORT="70000" is invalid/],
+    [{ REALTIME_RETENTION_HOURS: '-1' }, /^REALTIME_RETENTION_HOURS/],
+    [{ REALTIME_AUTH: 'basic' }, /^REALTIME_AUTH="basic" is invalid/],
+    [{ REALTIME_AUTH: 'jwt' }, /^REALTIME_JWT_SECRET is required/],
+    [{ REALTIME_AUTH: 'jwt', REALTIME_JWT_SECRET: 'short' }, /^REALTIME_JWT_SECRET=.* at least 32/],
+    [{ REALTIME_RATE_LIMIT: 'lots' }, /^REALTIME_RATE_LIMIT="lots" is invalid/],
+    [{ REALTIME_ORG_ID: 'a|b' }, /^REALTIME_ORG_ID/],
+    [{ REALTIME_MAX_BODY_BYTES: '10' }, /^REALTIME_MAX_BODY_BYTES/],
+  ])('a bad value names its setting: %j', (env, message) => {
+    expect(() => loadConfig(env)).toThrow(ConfigError)
+    expect(() => loadConfig(env)).toThrow(message)
+  })
+
+  test('unknown or incomplete flags are refused', () => {
+    expect(() => loadConfig({}, ['--colour', 'red'])).toThrow('unknown option --colour')
+    expect(() => loadConfig({}, ['--port'])).toThrow('option --port needs a value')
+    expect(() => loadConfig({}, ['serve'])).toThrow('unexpected argument "serve"')
+  })
+
+  test('jwt mode takes the secret', () => {
+    const secret = 'x'.repeat(32)
+    expect(loadConfig({ REALTIME_AUTH: 'jwt', REALTIME_JWT_SECRET: secret }).auth).toEqual({ mode: 'jwt', secret })
+  })
+})
+
+describe('parseRateLimit', () => {
+  test.each([
+    ['60/10s', { max: 60, windowMs: 10_000 }],
+    ['5/s', { max: 5, windowMs: 1000 }],
+    ['100/500ms', { max: 100, windowMs: 500 }],
+    ['1000/1h', { max: 1000, windowMs: 3_600_000 }],
+    ['off', null],
+  ])('%s', (value, expected) => {
+    expect(parseRateLimit(value)).toEqual(expected)
+  })
+
+  test.each(['60', '0/10s', '60/10d', '/10s', 'sixty/10s'])('rejects %s', (value) => {
+    expect(() => parseRateLimit(value)).toThrow()
+  })
+})
