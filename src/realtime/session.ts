@@ -37,6 +37,11 @@ export class Session {
   private windowCount = 0
   private drainWaiters: Array<() => void> = []
   private isClosed = false
+  /**
+   * Messages are handled one after another, each after the previous one's authentication has
+   * settled, so `auth` followed at once by `subscribe` works. Replays run beside the inbox.
+   */
+  private inbox: Promise<void> = Promise.resolve()
 
   constructor(
     private readonly socket: Socket,
@@ -44,29 +49,34 @@ export class Session {
   ) {}
 
   /** Called once the socket is open; `queryToken` is `?token=` from the upgrade, if any. */
-  async opened(queryToken: string | undefined): Promise<void> {
+  opened(queryToken: string | undefined): void {
     this.deps.hub.add(this.socket)
     if (!this.deps.auth.required) {
-      this.principal = await this.deps.auth.authenticate(undefined)
-      return
+      this.inbox = this.deps.auth.authenticate(undefined).then((principal) => {
+        this.principal = principal
+      })
+    } else if (queryToken !== undefined) {
+      this.inbox = this.authenticate(queryToken)
+    } else {
+      this.authTimer = setTimeout(() => {
+        this.deps.log.info('auth_timeout')
+        this.socket.close(CloseCode.AuthTimeout, 'no auth message in time')
+      }, this.deps.config.authTimeoutMs)
     }
-    if (queryToken !== undefined) {
-      await this.authenticate(queryToken)
-      return
-    }
-    this.authTimer = setTimeout(() => {
-      this.deps.log.info('auth_timeout')
-      this.socket.close(CloseCode.AuthTimeout, 'no auth message in time')
-    }, this.deps.config.authTimeoutMs)
   }
 
-  async received(raw: unknown): Promise<void> {
+  received(raw: unknown): void {
     if (this.isClosed) return
     if (!this.withinRateLimit()) {
       this.deps.log.warn('rate_limit_hit', { userId: this.principal?.userId })
       this.socket.close(CloseCode.RateLimited, 'rate limit exceeded')
       return
     }
+    this.inbox = this.inbox.then(() => this.handle(raw)).catch((error) => this.failed(error))
+  }
+
+  private async handle(raw: unknown): Promise<void> {
+    if (this.isClosed) return
     const message = this.parse(raw)
     if (!message) return
     if (!this.principal && message.type !== 'auth' && message.type !== 'ping') {
@@ -79,7 +89,9 @@ export class Session {
       case 'ping':
         return this.send({ type: 'pong' })
       case 'subscribe':
-        return this.subscribe(message.channelId, message.since, message.epoch)
+        // Not awaited: a long replay must not hold up pings and requests behind it.
+        this.subscribe(message.channelId, message.since, message.epoch).catch((error) => this.failed(error))
+        return
       case 'unsubscribe':
         return this.unsubscribe(message.channelId)
       case 'request':
@@ -92,6 +104,12 @@ export class Session {
     const waiters = this.drainWaiters
     this.drainWaiters = []
     for (const wake of waiters) wake()
+  }
+
+  private failed(error: unknown): void {
+    if (this.isClosed) return // the database may already be closed on shutdown
+    this.deps.log.error('session_error', { error: String(error) })
+    this.error(WsErrorCode.Internal, 'internal error')
   }
 
   closed(): void {

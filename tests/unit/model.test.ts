@@ -42,7 +42,7 @@ describe('event catalogue', () => {
       'task.started', 'task.completed', 'tasks.purged', 'session.started', 'session.ended',
       'event.logged', 'event.updated', 'bookmark.saved', 'bookmark.deleted',
     ]
-    expect([...catalogueTypes].sort()).toEqual([...expected].sort())
+    expect([...catalogueTypes].sort() as string[]).toEqual([...expected].sort())
   })
 
   test('a catalogue payload is checked, extra fields pass through', () => {

@@ -10,10 +10,10 @@ export function realtimeModule(deps: SessionDeps) {
       const session = new Session(ws.raw as unknown as Socket, deps)
       sessions.set(ws.raw, session)
       const token = (ws.data.query as Record<string, string | undefined>).token
-      return session.opened(token)
+      session.opened(token)
     },
     message(ws, message) {
-      return sessions.get(ws.raw)?.received(message)
+      sessions.get(ws.raw)?.received(message)
     },
     drain(ws) {
       sessions.get(ws.raw)?.drained()
