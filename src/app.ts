@@ -7,14 +7,17 @@ import type { HealthBody } from './model/http'
 import { eventsModule } from './modules/events'
 import type { EventService } from './modules/events/service'
 import { healthModule } from './modules/health'
+import { presenceModule } from './modules/presence'
 import { realtimeModule } from './modules/realtime'
 import type { Hub } from './realtime/hub'
+import type { Presence } from './realtime/presence'
 import type { EventStore } from './store/event-store'
 
 export interface AppDeps {
   config: Config
   store: EventStore
   hub: Hub
+  presence: Presence
   events: EventService
   auth: Authenticator
   log: Logger
@@ -25,7 +28,9 @@ export interface AppDeps {
 export function createApp(deps: AppDeps) {
   const { config } = deps
   return new Elysia({
-    serve: { maxRequestBodySize: config.maxBodyBytes, reusePort: false },
+    // Bun's own limit is only a backstop (it answers with an empty 413); the JSON 413 comes from
+    // http.ts, which needs to see bodies up to the configured limit and a little past it.
+    serve: { maxRequestBodySize: config.maxBodyBytes * 2 + 65_536, reusePort: false },
     websocket: {
       maxPayloadLength: config.maxFrameBytes,
       // A reader that falls this far behind is closed rather than having frames dropped silently;
@@ -37,9 +42,11 @@ export function createApp(deps: AppDeps) {
     .use(httpErrors(config.maxBodyBytes, deps.log))
     .use(healthModule(deps.health))
     .use(eventsModule(deps.events, deps.auth))
+    .use(presenceModule(deps.presence, deps.auth))
     .use(
       realtimeModule({
         hub: deps.hub,
+        presence: deps.presence,
         store: deps.store,
         events: deps.events,
         auth: deps.auth,

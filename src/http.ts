@@ -1,5 +1,5 @@
 import { Elysia } from 'elysia'
-import { AuthError } from './auth'
+import { AuthError, type Authenticator } from './auth'
 import { ApiError, describeIssue } from './errors'
 import type { Logger } from './log'
 
@@ -8,6 +8,13 @@ export function bearerToken(header: string | undefined): string | undefined {
   const match = header ? /^Bearer\s+(.+)$/i.exec(header) : null
   return match?.[1]?.trim()
 }
+
+/** Elysia `resolve` handler: the caller's principal from its bearer token (or the local one). */
+export const resolvePrincipal =
+  (auth: Authenticator) =>
+  async ({ headers }: { headers: Record<string, string | undefined> }) => ({
+    principal: await auth.authenticate(bearerToken(headers.authorization)),
+  })
 
 const errorBody = (code: string, message: string) => ({ error: { code, message } })
 
@@ -48,7 +55,23 @@ export const httpErrors = (maxBodyBytes: number, log: Logger) =>
         return errorBody('unsupported_media_type', 'send the body as JSON with Content-Type: application/json')
       }
     })
-    .onError({ as: 'global' }, ({ code, error, set }) => {
+    // JSON bodies are read here, under the size limit, so a body sent without Content-Length
+    // (chunked) is refused with the same 413 as one that declares its size.
+    .onParse({ as: 'global' }, async ({ request, contentType }) => {
+      if (!/^application\/json\b/i.test(contentType)) return
+      const bytes = await request.arrayBuffer()
+      if (bytes.byteLength > maxBodyBytes) {
+        throw new ApiError(413, 'body_too_large', `request body is over the limit of ${maxBodyBytes} bytes`)
+      }
+      try {
+        return JSON.parse(new TextDecoder().decode(bytes))
+      } catch {
+        throw new ApiError(400, 'invalid_json', 'request body is not valid JSON')
+      }
+    })
+    .onError({ as: 'global' }, ({ code, error: thrown, set }) => {
+      // Elysia wraps whatever the parse step throws in a ParseError.
+      const error = code === 'PARSE' && thrown.cause instanceof ApiError ? thrown.cause : thrown
       if (error instanceof ApiError) {
         set.status = error.status
         return errorBody(error.code, error.message)
@@ -61,9 +84,9 @@ export const httpErrors = (maxBodyBytes: number, log: Logger) =>
       switch (code) {
         case 'VALIDATION': {
           set.status = 400
-          const issue = reportedIssue((error.valueError ?? { message: 'invalid value' }) as unknown as Issue, error.value)
-          const where = error.type === 'query' ? 'query' : undefined
-          return errorBody(error.type === 'query' ? 'invalid_query' : 'invalid_body', describeIssue({ path: issue.path ?? [], message: issue.message }, where))
+          const issue = reportedIssue((thrown.valueError ?? { message: 'invalid value' }) as unknown as Issue, thrown.value)
+          const where = thrown.type === 'query' ? 'query' : undefined
+          return errorBody(thrown.type === 'query' ? 'invalid_query' : 'invalid_body', describeIssue({ path: issue.path ?? [], message: issue.message }, where))
         }
         case 'PARSE':
           set.status = 400

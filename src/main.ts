@@ -15,20 +15,24 @@ try {
 }
 
 const server = createRealtimeServer(config)
-try {
-  await server.start()
-} catch (error) {
-  bootLog.error('start_failed', { message: (error as Error).message })
-  process.exit(1)
-}
-
+// Handlers go in before `start` prints `listening`: a supervisor may signal the moment it sees it.
+let starting: Promise<unknown> = Promise.resolve()
 let stopping = false
 for (const signal of ['SIGINT', 'SIGTERM'] as const) {
   process.on(signal, async () => {
     if (stopping) return
     stopping = true
     bootLog.info('shutdown', { signal })
+    await starting.catch(() => {})
     await server.stop()
     process.exit(0)
   })
+}
+
+starting = server.start()
+try {
+  await starting
+} catch (error) {
+  bootLog.error('start_failed', { message: (error as Error).message })
+  process.exit(1)
 }

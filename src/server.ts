@@ -10,6 +10,7 @@ import type { HealthBody, IngestResult } from './model/http'
 import { EventService } from './modules/events/service'
 import { LocalBroker } from './realtime/broker'
 import { Hub } from './realtime/hub'
+import { Presence } from './realtime/presence'
 import { RetentionJob } from './retention'
 import { SqliteEventStore } from './store/sqlite-event-store'
 
@@ -54,6 +55,7 @@ export function createRealtimeServer(options: RealtimeServerOptions = {}): Realt
   const log = logger ?? createLogger(config.logLevel)
   const store = new SqliteEventStore(openDatabase(config.dbPath))
   const hub = new Hub()
+  const presence = new Presence()
   const broker = new LocalBroker((events) => hub.deliver(events))
   const events = new EventService(store, broker, log)
   const auth = createAuthenticator(config.auth)
@@ -66,7 +68,7 @@ export function createRealtimeServer(options: RealtimeServerOptions = {}): Realt
     eventsStored: store.count(),
     uptime: Math.floor((Date.now() - startedAt) / 1000),
   })
-  const app = createApp({ config, store, hub, events, auth, log, health })
+  const app = createApp({ config, store, hub, presence, events, auth, log, health })
   let port = 0
   let state: 'new' | 'running' | 'stopping' | 'stopped' = 'new'
 

@@ -37,3 +37,47 @@ export interface HealthBody {
   eventsStored: number
   uptime: number
 }
+
+/** An event as the HTTP API and the `history` request return it: the frame's fields plus every channel it went to. */
+export interface WireEvent {
+  type: string
+  id: string
+  seq: number
+  /** Present when a channel was asked for. */
+  channelId?: string
+  orgId: string
+  userId: string
+  timestamp: number
+  payload: Record<string, unknown>
+  channels: string[]
+}
+
+/** One page of `GET /api/events/since` (and of the `history` request). */
+export interface HistoryPage {
+  events: WireEvent[]
+  /** The `since` for the next page: the seq of the last event returned, else where this page started. */
+  nextSeq: number
+  hasMore: boolean
+  /** The newest seq stored when the page was read: a client without a cursor starts from here. */
+  lastSeq: number
+  epoch: string
+  /** Events after the cursor were pruned, or the cursor came from another database (the page starts at the oldest event). */
+  truncated?: true
+}
+
+/** `POST /api/heartbeat`: the HTTP half of the dual channel (seed 003). */
+export const heartbeatBody = z.object({
+  clientId: z.string().min(1).max(128),
+  kind: z.string().min(1).max(64).optional(),
+})
+
+/** `GET /api/presence`: one entry per client of the caller's organisation seen recently. */
+export interface PresenceEntry {
+  userId: string
+  clientId: string
+  kind?: string
+  /** Unix ms of the last heartbeat or socket activity. */
+  lastSeen: number
+  /** A WebSocket of this client is open now. */
+  socketOpen: boolean
+}

@@ -1,3 +1,4 @@
+import type { WireEvent } from '../model/http'
 import type { StoredEvent } from '../store/event-store'
 
 /**
@@ -15,7 +16,7 @@ export function eventFrame(event: StoredEvent, channelId: string): string {
 }
 
 /** A stored event as the HTTP API returns it (the frame's fields plus every channel it went to). */
-export function wireEvent(event: StoredEvent, channelId?: string) {
+export function wireEvent(event: StoredEvent, channelId?: string): WireEvent {
   return {
     type: event.type,
     id: event.id,
@@ -28,4 +29,3 @@ export function wireEvent(event: StoredEvent, channelId?: string) {
     channels: event.channels,
   }
 }
-export type WireEvent = ReturnType<typeof wireEvent>

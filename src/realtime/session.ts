@@ -7,6 +7,7 @@ import type { EventService } from '../modules/events/service'
 import type { EventStore } from '../store/event-store'
 import { eventFrame } from './frames'
 import type { Hub, Socket } from './hub'
+import type { Presence } from './presence'
 
 /** Events per replay page; between pages the session yields, and waits for the socket to drain. */
 export const REPLAY_PAGE = 500
@@ -15,6 +16,7 @@ const REPLAY_HIGH_WATER = 1 << 20
 
 export interface SessionDeps {
   hub: Hub
+  presence: Presence
   store: EventStore
   events: EventService
   auth: Authenticator
@@ -37,6 +39,7 @@ export class Session {
   private windowCount = 0
   private drainWaiters: Array<() => void> = []
   private isClosed = false
+  private clientId: string | undefined
   /**
    * Messages are handled one after another, each after the previous one's authentication has
    * settled, so `auth` followed at once by `subscribe` works. Replays run beside the inbox.
@@ -48,13 +51,15 @@ export class Session {
     private readonly deps: SessionDeps,
   ) {}
 
-  /** Called once the socket is open; `queryToken` is `?token=` from the upgrade, if any. */
-  opened(queryToken: string | undefined): void {
+  /**
+   * Called once the socket is open. `queryToken` is `?token=` from the upgrade; `clientId` (`?clientId=`)
+   * names the client in presence.
+   */
+  opened(queryToken: string | undefined, clientId: string | undefined): void {
+    this.clientId = clientId && clientId.length <= 128 ? clientId : undefined
     this.deps.hub.add(this.socket)
     if (!this.deps.auth.required) {
-      this.inbox = this.deps.auth.authenticate(undefined).then((principal) => {
-        this.principal = principal
-      })
+      this.inbox = this.deps.auth.authenticate(undefined).then((principal) => this.signedIn(principal))
     } else if (queryToken !== undefined) {
       this.inbox = this.authenticate(queryToken)
     } else {
@@ -106,6 +111,11 @@ export class Session {
     for (const wake of waiters) wake()
   }
 
+  private signedIn(principal: Principal): void {
+    this.principal = principal
+    if (this.clientId && !this.isClosed) this.deps.presence.socketOpened(principal, this.clientId)
+  }
+
   private failed(error: unknown): void {
     if (this.isClosed) return // the database may already be closed on shutdown
     this.deps.log.error('session_error', { error: String(error) })
@@ -118,6 +128,7 @@ export class Session {
     this.subscriptions.clear()
     this.drained()
     this.deps.hub.remove(this.socket)
+    if (this.principal && this.clientId) this.deps.presence.socketClosed(this.principal, this.clientId)
   }
 
   private async authenticate(token: string): Promise<void> {
@@ -129,7 +140,7 @@ export class Session {
         return
       }
       clearTimeout(this.authTimer)
-      this.principal = principal
+      if (!this.principal) this.signedIn(principal)
       this.send({ type: 'authenticated', userId: principal.userId, orgId: principal.orgId })
     } catch (error) {
       const reason = error instanceof AuthError ? error.message : 'authentication failed'
@@ -229,24 +240,21 @@ export class Session {
     return ++this.windowCount <= limit.max
   }
 
-  /** Validates one inbound frame; answers bad input with an error frame and returns undefined. */
-  private parse(raw: unknown): ClientMessage | undefined {
-    if (typeof raw === 'string') {
-      // Elysia has already tried JSON.parse: a string here is not JSON, or is a JSON string.
-      let isJson = true
-      try {
-        JSON.parse(raw)
-      } catch {
-        isJson = false
-      }
-      this.error(
-        isJson ? WsErrorCode.InvalidMessage : WsErrorCode.InvalidJson,
-        isJson ? 'a message must be a JSON object' : 'message is not valid JSON',
-      )
+  /** Validates one inbound frame (text or bytes, as Bun delivers it); answers bad input with an error frame. */
+  private parse(frame: unknown): ClientMessage | undefined {
+    if (typeof frame !== 'string') {
+      this.error(WsErrorCode.InvalidMessage, 'binary frames are not supported: send JSON text')
       return undefined
     }
-    if (typeof raw !== 'object' || raw === null || Array.isArray(raw) || ArrayBuffer.isView(raw)) {
-      this.error(WsErrorCode.InvalidMessage, ArrayBuffer.isView(raw) ? 'binary frames are not supported' : 'a message must be a JSON object')
+    let raw: unknown
+    try {
+      raw = JSON.parse(frame)
+    } catch {
+      this.error(WsErrorCode.InvalidJson, 'message is not valid JSON')
+      return undefined
+    }
+    if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) {
+      this.error(WsErrorCode.InvalidMessage, 'a message must be a JSON object')
       return undefined
     }
     const type = (raw as { type?: unknown }).type
@@ -262,7 +270,8 @@ export class Session {
     const issue = parsed.error.issues[0]!
     const requestId = (raw as { id?: unknown }).id
     const extra = type === 'request' && typeof requestId === 'string' ? { requestId } : {}
-    this.error(issue.path[0] === 'channelId' ? WsErrorCode.InvalidChannel : WsErrorCode.InvalidMessage, describeIssue(issue), extra)
+    const badChannel = issue.path[0] === 'channelId' && typeof (raw as { channelId?: unknown }).channelId === 'string'
+    this.error(badChannel ? WsErrorCode.InvalidChannel : WsErrorCode.InvalidMessage, describeIssue(issue), extra)
     return undefined
   }
 

@@ -1,13 +1,13 @@
 import { Elysia } from 'elysia'
 import type { Authenticator } from '../../auth'
 import { ingestBody, sinceQuery } from '../../model/http'
-import { bearerToken } from '../../http'
+import { resolvePrincipal } from '../../http'
 import type { EventService } from './service'
 
 /** POST /ingest and GET /api/events/since. */
 export const eventsModule = (events: EventService, auth: Authenticator) =>
   new Elysia({ name: 'events' })
-    .resolve(async ({ headers }) => ({ principal: await auth.authenticate(bearerToken(headers.authorization)) }))
+    .resolve(resolvePrincipal(auth))
     .post(
       '/ingest',
       ({ body, principal }) => events.ingest(principal, 'events' in body ? body.events : [body]),

@@ -3,25 +3,15 @@ import { ApiError, badRequest, forbidden } from '../../errors'
 import type { Logger } from '../../log'
 import { ChannelDerivationError, deriveChannels, orgOfChannel } from '../../model/channels'
 import type { EventInput } from '../../model/events'
-import type { IngestResult } from '../../model/http'
+import type { HistoryPage, IngestResult } from '../../model/http'
 import type { Broker } from '../../realtime/broker'
-import { type WireEvent, wireEvent } from '../../realtime/frames'
+import { wireEvent } from '../../realtime/frames'
 import type { EventStore, NewEvent } from '../../store/event-store'
 
 interface Pending {
   events: NewEvent[]
   resolve(result: IngestResult): void
   reject(error: unknown): void
-}
-
-export interface HistoryPage {
-  events: WireEvent[]
-  /** The cursor for the next call: the seq of the last event returned, else the one given. */
-  nextSeq: number
-  hasMore: boolean
-  epoch: string
-  /** Set when events after the cursor were pruned, or the cursor came from another database. */
-  truncated?: true
 }
 
 export interface Replay {
@@ -109,6 +99,7 @@ export class EventService {
       events: page.map((row) => wireEvent(row, query.channel)),
       nextSeq: page.at(-1)?.seq ?? from,
       hasMore: rows.length > query.limit,
+      lastSeq: this.store.lastSeq(),
       epoch: this.store.epoch,
       ...(truncated ? { truncated: true as const } : {}),
     }

@@ -1,0 +1,19 @@
+import { Elysia } from 'elysia'
+import type { Authenticator } from '../../auth'
+import { resolvePrincipal } from '../../http'
+import { heartbeatBody } from '../../model/http'
+import type { Presence } from '../../realtime/presence'
+
+/** POST /api/heartbeat and GET /api/presence: the HTTP half of the dual channel. */
+export const presenceModule = (presence: Presence, auth: Authenticator) =>
+  new Elysia({ name: 'presence' })
+    .resolve(resolvePrincipal(auth))
+    .post(
+      '/api/heartbeat',
+      ({ body, principal }) => {
+        presence.seen(principal, body.clientId, body.kind)
+        return { ok: true as const, serverTime: Date.now() }
+      },
+      { body: heartbeatBody },
+    )
+    .get('/api/presence', ({ principal }) => ({ clients: presence.list(principal.orgId) }))
