@@ -55,7 +55,13 @@ export const historyRequest = z.object({
 /** Server → client frames other than events. */
 export type ServerMessage =
   | { type: 'authenticated'; userId: string; orgId: string }
-  | { type: 'subscribed'; channelId: string; epoch: string; truncated?: true; replayed?: number }
+  /**
+   * `lastSeq` (live-only subscribe): the newest seq when the subscription began; resume from it.
+   * (Not named `seq`: only event frames carry a `seq`.)
+   * `since` (subscribe with since): where the replay starts — the cursor given, or 0 when that
+   * cursor is void here (another epoch, or beyond the newest seq).
+   */
+  | { type: 'subscribed'; channelId: string; epoch: string; lastSeq?: number; since?: number; truncated?: true }
   | { type: 'unsubscribed'; channelId: string }
   | { type: 'pong' }
   | { type: 'response'; requestId: string; success: true; data: unknown }

@@ -169,12 +169,20 @@ export class Session {
     hub.unsubscribe(this.socket, principal.orgId, channelId)
 
     if (since === undefined) {
+      // Subscribing and reading lastSeq in one step: every later event of the channel arrives live,
+      // so `lastSeq` is an exact cursor to resume from.
       hub.subscribe(this.socket, principal.orgId, channelId)
-      this.send({ type: 'subscribed', channelId, epoch: store.epoch })
+      this.send({ type: 'subscribed', channelId, epoch: store.epoch, lastSeq: store.lastSeq() })
       return
     }
     const replay = this.deps.events.replayFrom(principal.orgId, channelId, since, epoch)
-    this.send({ type: 'subscribed', channelId, epoch: store.epoch, ...(replay.truncated ? { truncated: true } : {}) })
+    this.send({
+      type: 'subscribed',
+      channelId,
+      epoch: store.epoch,
+      since: replay.from,
+      ...(replay.truncated ? { truncated: true } : {}),
+    })
     let after = replay.from
     for (;;) {
       if (this.subscriptions.get(channelId) !== generation) return // unsubscribed, resubscribed or closed

@@ -125,7 +125,7 @@ test('restart replays every event with the same seqs; new events get larger seqs
   expect((await getJson(`${second.url}/health`)).body.eventsStored).toBe(4)
   const socket = await openSocket(second)
   const subscribed = await socket.request({ type: 'subscribe', channelId: 'org:local', since: 0 }, 'subscribed')
-  expect(subscribed).toEqual({ type: 'subscribed', channelId: 'org:local', epoch: before.epoch })
+  expect(subscribed).toEqual({ type: 'subscribed', channelId: 'org:local', epoch: before.epoch, since: 0 })
   const replayed = await socket.events('org:local', 3)
   expect(replayed).toEqual([
     { ...events[0], seq: 1, channelId: 'org:local' },

@@ -230,7 +230,7 @@ describe('bad input gets an error frame and the connection stays open', () => {
     // The boundary cases are accepted: 256 characters, a 32-character kind, any name characters.
     for (const channelId of [`agent:${'x'.repeat(250)}`, `${'k'.repeat(32)}:x`, 'agent:My Agent/ü:1', 'k_-9:x']) {
       const subscribed = await socket.request({ type: 'subscribe', channelId }, 'subscribed')
-      expect(subscribed).toEqual({ type: 'subscribed', channelId, epoch: expect.any(String) })
+      expect(subscribed).toEqual({ type: 'subscribed', channelId, epoch: expect.any(String), lastSeq: 0 })
     }
     const stats = await socket.request({ type: 'request', id: 's', action: 'stats' }, 'response')
     expect(stats.data.subscriptions.length).toBe(4)
@@ -252,6 +252,7 @@ describe('bad input gets an error frame and the connection stays open', () => {
       type: 'subscribed',
       channelId: 'org:local',
       epoch: expect.any(String),
+      lastSeq: 0,
     })
     const stats = await socket.request({ type: 'request', id: 's', action: 'stats' }, 'response')
     expect(stats.data.subscriptions).toEqual(['org:local'])

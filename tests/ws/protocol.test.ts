@@ -47,7 +47,7 @@ describe('subscribe / unsubscribe / ping', () => {
   test('subscribe answers subscribed with the channel and the database epoch', async () => {
     const socket = await open()
     const subscribed = await subscribe(socket, 'agent:my-coder-agent')
-    expect(subscribed).toEqual({ type: 'subscribed', channelId: 'agent:my-coder-agent', epoch: expect.any(String) })
+    expect(subscribed).toEqual({ type: 'subscribed', channelId: 'agent:my-coder-agent', epoch: expect.any(String), lastSeq: 0 })
     expect(subscribed.epoch.length).toBeGreaterThan(0)
     // The epoch is the database's: the same for every subscription and in stats.
     const again = await subscribe(socket, 'task:t1')

@@ -84,7 +84,7 @@ describe('subscribe with since', () => {
     const replayed = await socket.events('agent:r', 4)
     expect(seqsOf(replayed)).toEqual([1, 3, 4, 6])
     expect(replayed.every((f) => f.channelId === 'agent:r')).toBe(true)
-    expect(socket.log[0]).toEqual({ type: 'subscribed', channelId: 'agent:r', epoch: expect.any(String) })
+    expect(socket.log[0]).toEqual({ type: 'subscribed', channelId: 'agent:r', epoch: expect.any(String), since: 0 })
     expect(seqsOf(socket.log.slice(1))).toEqual([1, 3, 4, 6])
 
     const live = makeEvent({ channels: ['agent:r'] })
@@ -97,14 +97,14 @@ describe('subscribe with since', () => {
     // A cursor in the middle: only what follows it.
     const mid = await open(server)
     const subscribed = await subscribe(mid, 'agent:r', { since: 3 })
-    expect(subscribed).toEqual({ type: 'subscribed', channelId: 'agent:r', epoch: expect.any(String) })
+    expect(subscribed).toEqual({ type: 'subscribed', channelId: 'agent:r', epoch: expect.any(String), since: 3 })
     expect(seqsOf(await mid.events('agent:r', 3))).toEqual([4, 6, 7])
     await roundTrip(mid)
     expect(eventFrames(mid)).toEqual([])
 
     // A cursor at the newest seq: nothing replayed, not truncated, live events follow.
     const tail = await open(server)
-    expect(await subscribe(tail, 'agent:r', { since: 7 })).toEqual({ type: 'subscribed', channelId: 'agent:r', epoch: subscribed.epoch })
+    expect(await subscribe(tail, 'agent:r', { since: 7 })).toEqual({ type: 'subscribed', channelId: 'agent:r', epoch: subscribed.epoch, since: 7 })
     await roundTrip(tail)
     expect(eventFrames(tail)).toEqual([])
     await ingest(server.url, makeEvent({ channels: ['agent:r'] }))
@@ -190,7 +190,7 @@ describe('subscribe with since', () => {
       expect(seqsOf(frames)).toEqual(expected)
       expect(frames.every((f) => f.channelId === CHANNEL)).toBe(true)
       // subscribed came before every event frame, and was not truncated.
-      expect(socket.log[0]).toEqual({ type: 'subscribed', channelId: CHANNEL, epoch: expect.any(String) })
+      expect(socket.log[0]).toEqual({ type: 'subscribed', channelId: CHANNEL, epoch: expect.any(String), since })
       await roundTrip(socket)
       expect(eventFrames(socket)).toEqual([])
     }
@@ -216,7 +216,7 @@ describe('truncated', () => {
 
     const socket = await open(server)
     socket.send({ type: 'subscribe', channelId: 'agent:e', since: 2, epoch: 'another-database-epoch' })
-    expect(await socket.next()).toEqual({ type: 'subscribed', channelId: 'agent:e', epoch, truncated: true })
+    expect(await socket.next()).toEqual({ type: 'subscribed', channelId: 'agent:e', epoch, since: 0, truncated: true })
     expect(seqsOf(await socket.events('agent:e', 3))).toEqual([1, 2, 3])
     await ingest(server.url, makeEvent({ channels: ['agent:e'] }))
     expect(seqsOf(await socket.events('agent:e', 1))).toEqual([4])
@@ -226,7 +226,7 @@ describe('truncated', () => {
     // The right epoch: no truncation, replay after the cursor.
     const resumed = await open(server)
     resumed.send({ type: 'subscribe', channelId: 'agent:e', since: 2, epoch })
-    expect(await resumed.next()).toEqual({ type: 'subscribed', channelId: 'agent:e', epoch })
+    expect(await resumed.next()).toEqual({ type: 'subscribed', channelId: 'agent:e', epoch, since: 2 })
     expect(seqsOf(await resumed.events('agent:e', 2))).toEqual([3, 4])
   })
 
@@ -236,7 +236,7 @@ describe('truncated', () => {
     const socket = await open(server)
     socket.send({ type: 'subscribe', channelId: 'agent:e', since: 999 })
     const subscribed = await socket.next()
-    expect(subscribed).toEqual({ type: 'subscribed', channelId: 'agent:e', epoch: expect.any(String), truncated: true })
+    expect(subscribed).toEqual({ type: 'subscribed', channelId: 'agent:e', epoch: expect.any(String), since: 0, truncated: true })
     expect(seqsOf(await socket.events('agent:e', 3))).toEqual([1, 2, 3])
     await ingest(server.url, makeEvent({ channels: ['agent:e'] }))
     expect(seqsOf(await socket.events('agent:e', 1))).toEqual([4])
@@ -261,7 +261,7 @@ describe('truncated', () => {
 
     const socket = await open(server)
     socket.send({ type: 'subscribe', channelId: 'agent:p', since: 0 })
-    expect(await socket.next()).toEqual({ type: 'subscribed', channelId: 'agent:p', epoch: expect.any(String), truncated: true })
+    expect(await socket.next()).toEqual({ type: 'subscribed', channelId: 'agent:p', epoch: expect.any(String), since: 0, truncated: true })
     expect(seqsOf(await socket.events('agent:p', 2))).toEqual([5, 7])
 
     // A cursor inside the pruned range is truncated too.
@@ -273,13 +273,13 @@ describe('truncated', () => {
     // The newest pruned seq of the channel is 4: from there nothing is missing.
     const edge = await open(server)
     edge.send({ type: 'subscribe', channelId: 'agent:p', since: 4 })
-    expect(await edge.next()).toEqual({ type: 'subscribed', channelId: 'agent:p', epoch: expect.any(String) })
+    expect(await edge.next()).toEqual({ type: 'subscribed', channelId: 'agent:p', epoch: expect.any(String), since: 4 })
     expect(seqsOf(await edge.events('agent:p', 2))).toEqual([5, 7])
 
     // A channel that lost nothing is not truncated.
     const fresh = await open(server)
     fresh.send({ type: 'subscribe', channelId: 'task:fresh', since: 0 })
-    expect(await fresh.next()).toEqual({ type: 'subscribed', channelId: 'task:fresh', epoch: expect.any(String) })
+    expect(await fresh.next()).toEqual({ type: 'subscribed', channelId: 'task:fresh', epoch: expect.any(String), since: 0 })
     expect(seqsOf(await fresh.events('task:fresh', 1))).toEqual([6])
 
     for (const s of [socket, inside, edge, fresh]) {

@@ -11,7 +11,7 @@ afterEach(() => t.close())
 test('a subscriber receives an ingested event as a flat frame on its channel', async () => {
   const socket = await TestSocket.open(t.wsUrl)
   const subscribed = await socket.request({ type: 'subscribe', channelId: 'agent:my-coder-agent' }, 'subscribed')
-  expect(subscribed).toEqual({ type: 'subscribed', channelId: 'agent:my-coder-agent', epoch: expect.any(String) })
+  expect(subscribed).toEqual({ type: 'subscribed', channelId: 'agent:my-coder-agent', epoch: expect.any(String), lastSeq: 0 })
   const event = makeEvent({ type: 'agent.spawned', payload: { agentId: 'a1', agentName: 'my-coder-agent', taskId: 't9' } })
   expect((await ingest(t.url, event)).body).toEqual({ stored: 1, duplicates: 0 })
   const [frame] = await socket.events('agent:my-coder-agent', 1)
