@@ -3,6 +3,7 @@ import type { Authenticator } from './auth'
 import type { Config } from './config'
 import { httpErrors } from './http'
 import type { Logger } from './log'
+import type { KeyedRateLimiter } from './rate-limit'
 import type { HealthBody } from './model/http'
 import { eventsModule } from './modules/events'
 import type { EventService } from './modules/events/service'
@@ -20,6 +21,8 @@ export interface AppDeps {
   presence: Presence
   events: EventService
   auth: Authenticator
+  /** The per-credential HTTP limit; null when REALTIME_HTTP_RATE_LIMIT is off. */
+  httpLimiter: KeyedRateLimiter | null
   log: Logger
   health: () => HealthBody
 }
@@ -33,16 +36,17 @@ export function createApp(deps: AppDeps) {
     serve: { maxRequestBodySize: config.maxBodyBytes * 2 + 65_536, reusePort: false },
     websocket: {
       maxPayloadLength: config.maxFrameBytes,
-      // A reader that falls this far behind is closed rather than having frames dropped silently;
-      // it reconnects and resumes from its last seq.
-      backpressureLimit: 16 * 1024 * 1024,
+      // Slow readers are closed with 4008 at slowConsumerBytes by the hub's sweep. This hard limit
+      // is the backstop for a burst between sweeps: Bun then closes (1006) rather than drop frames,
+      // which would leave a gap in the reader's stream.
+      backpressureLimit: config.slowConsumerBytes * 4,
       closeOnBackpressureLimit: true,
     },
   })
     .use(httpErrors(config.maxBodyBytes, deps.log))
     .use(healthModule(deps.health))
-    .use(eventsModule(deps.events, deps.auth))
-    .use(presenceModule(deps.presence, deps.auth))
+    .use(eventsModule(deps.events, deps.auth, deps.httpLimiter))
+    .use(presenceModule(deps.presence, deps.auth, deps.httpLimiter))
     .use(
       realtimeModule({
         hub: deps.hub,

@@ -1,5 +1,6 @@
 import { z } from 'zod'
 import { PRINCIPAL_ID_PATTERN } from './model/channels'
+import type { RateLimit } from './rate-limit'
 
 /**
  * Every setting, with its environment variable and default. `bun start --port 4000` mirrors
@@ -20,7 +21,19 @@ export interface Config {
   /** How long a `jwt`-mode socket may stay unauthenticated before close 4408. */
   authTimeoutMs: number
   /** Inbound WebSocket messages allowed per connection per window; null = unlimited. */
-  rateLimit: { max: number; windowMs: number } | null
+  rateLimit: RateLimit | null
+  /** HTTP API requests allowed per credential per window (429 past it); null = unlimited. */
+  httpRateLimit: RateLimit | null
+  /** `single`: a newer authenticated socket of a user closes the older ones with 4002. */
+  sessionPolicy: 'multiple' | 'single'
+  /** Open sockets in all; past it a new socket is closed with 4503. */
+  maxConnections: number
+  /** Open sockets per user (in `none` mode: all of them); past it a new socket is closed with 4503. */
+  maxConnectionsPerUser: number
+  /** Channels one socket may be subscribed to at once. */
+  maxSubscriptions: number
+  /** Bytes queued for a socket that stopped reading before it is closed with 4008. */
+  slowConsumerBytes: number
   maxBodyBytes: number
   maxFrameBytes: number
   logLevel: 'debug' | 'info' | 'warn' | 'error'
@@ -29,7 +42,7 @@ export interface Config {
 const DURATION_UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }
 
 /** `60/10s` → 60 messages per 10 000 ms; `off` → no limit. */
-export function parseRateLimit(value: string): Config['rateLimit'] {
+export function parseRateLimit(value: string): RateLimit | null {
   if (value === 'off') return null
   const match = /^(\d+)\/(\d+)?(ms|s|m|h)$/.exec(value)
   const max = Number(match?.[1])
@@ -52,6 +65,12 @@ const envSchema = z.object({
   REALTIME_ORG_ID: z.string().regex(PRINCIPAL_ID_PATTERN, 'must be 1-128 characters of A-Z a-z 0-9 . _ @ : + -').default('local'),
   REALTIME_USER_ID: z.string().regex(PRINCIPAL_ID_PATTERN, 'must be 1-128 characters of A-Z a-z 0-9 . _ @ : + -').default('local'),
   REALTIME_RATE_LIMIT: z.string().default('60/10s'),
+  REALTIME_HTTP_RATE_LIMIT: z.string().default('3000/10s'),
+  REALTIME_SESSION_POLICY: z.enum(['multiple', 'single']).default('multiple'),
+  REALTIME_MAX_CONNECTIONS: integer(1).default(10_000),
+  REALTIME_MAX_CONNECTIONS_PER_USER: integer(1).default(1000),
+  REALTIME_MAX_SUBSCRIPTIONS: integer(1).default(1000),
+  REALTIME_SLOW_CONSUMER_BYTES: integer(65_536).default(8 * 1024 * 1024),
   REALTIME_MAX_BODY_BYTES: integer(1024).default(1_048_576),
   REALTIME_MAX_FRAME_BYTES: integer(256).default(65_536),
   REALTIME_LOG_LEVEL: z.enum(['debug', 'info', 'warn', 'error']).default('info'),
@@ -74,11 +93,12 @@ export function loadConfig(env: Record<string, string | undefined>, argv: readon
     throw new ConfigError(`${name}=${JSON.stringify(values[name] ?? '')} is invalid: ${issue.message}`)
   }
   const s = parsed.data
-  let rateLimit: Config['rateLimit']
-  try {
-    rateLimit = parseRateLimit(s.REALTIME_RATE_LIMIT)
-  } catch (error) {
-    throw new ConfigError(`REALTIME_RATE_LIMIT=${JSON.stringify(s.REALTIME_RATE_LIMIT)} is invalid: ${(error as Error).message}`)
+  const limit = (name: 'REALTIME_RATE_LIMIT' | 'REALTIME_HTTP_RATE_LIMIT') => {
+    try {
+      return parseRateLimit(s[name])
+    } catch (error) {
+      throw new ConfigError(`${name}=${JSON.stringify(s[name])} is invalid: ${(error as Error).message}`)
+    }
   }
   if (s.REALTIME_AUTH === 'jwt' && !s.REALTIME_JWT_SECRET) {
     throw new ConfigError('REALTIME_JWT_SECRET is required when REALTIME_AUTH=jwt')
@@ -94,7 +114,13 @@ export function loadConfig(env: Record<string, string | undefined>, argv: readon
         ? { mode: 'jwt', secret: s.REALTIME_JWT_SECRET! }
         : { mode: 'none', orgId: s.REALTIME_ORG_ID, userId: s.REALTIME_USER_ID },
     authTimeoutMs: s.REALTIME_AUTH_TIMEOUT_MS,
-    rateLimit,
+    rateLimit: limit('REALTIME_RATE_LIMIT'),
+    httpRateLimit: limit('REALTIME_HTTP_RATE_LIMIT'),
+    sessionPolicy: s.REALTIME_SESSION_POLICY,
+    maxConnections: s.REALTIME_MAX_CONNECTIONS,
+    maxConnectionsPerUser: s.REALTIME_MAX_CONNECTIONS_PER_USER,
+    maxSubscriptions: s.REALTIME_MAX_SUBSCRIPTIONS,
+    slowConsumerBytes: s.REALTIME_SLOW_CONSUMER_BYTES,
     maxBodyBytes: s.REALTIME_MAX_BODY_BYTES,
     maxFrameBytes: s.REALTIME_MAX_FRAME_BYTES,
     logLevel: s.REALTIME_LOG_LEVEL,

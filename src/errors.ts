@@ -8,6 +8,8 @@ export class ApiError extends Error {
     readonly status: number,
     readonly code: string,
     message: string,
+    /** Extra response headers, such as Retry-After on a 429. */
+    readonly headers: Record<string, string> = {},
   ) {
     super(message)
   }
@@ -26,12 +28,16 @@ export const CloseCode = {
   FrameTooLarge: 1009,
   /** Replaced by a newer session of the same user. Do not reconnect. */
   SessionReplaced: 4002,
+  /** Stopped reading: REALTIME_SLOW_CONSUMER_BYTES were queued. Reconnect and resume from the last seq. */
+  SlowConsumer: 4008,
   /** Missing, bad or expired credentials. Do not reconnect with the same token. */
   Unauthorized: 4401,
   /** No `auth` message within the auth timeout. Reconnect and authenticate promptly. */
   AuthTimeout: 4408,
   /** Inbound messages exceeded REALTIME_RATE_LIMIT. Reconnect after backoff, send less. */
   RateLimited: 4429,
+  /** Too many sockets, in all or for this user. Reconnect later, with backoff. */
+  TooManyConnections: 4503,
 } as const
 
 /** Codes of `{"type":"error"}` frames; the connection stays open after each. */
@@ -43,6 +49,7 @@ export const WsErrorCode = {
   Forbidden: 'forbidden',
   NotSubscribed: 'not_subscribed',
   NotAuthenticated: 'not_authenticated',
+  TooManySubscriptions: 'too_many_subscriptions',
   Internal: 'internal_error',
 } as const
 

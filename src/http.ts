@@ -2,6 +2,7 @@ import { Elysia } from 'elysia'
 import { AuthError, type Authenticator } from './auth'
 import { ApiError, describeIssue } from './errors'
 import type { Logger } from './log'
+import type { KeyedRateLimiter } from './rate-limit'
 
 /** `Authorization: Bearer <token>` → the token. */
 export function bearerToken(header: string | undefined): string | undefined {
@@ -9,12 +10,23 @@ export function bearerToken(header: string | undefined): string | undefined {
   return match?.[1]?.trim()
 }
 
-/** Elysia `resolve` handler: the caller's principal from its bearer token (or the local one). */
+/**
+ * Elysia `resolve` handler: the caller's principal from its bearer token (or the local one),
+ * counted against the per-credential HTTP rate limit.
+ */
 export const resolvePrincipal =
-  (auth: Authenticator) =>
-  async ({ headers }: { headers: Record<string, string | undefined> }) => ({
-    principal: await auth.authenticate(bearerToken(headers.authorization)),
-  })
+  (auth: Authenticator, limiter: KeyedRateLimiter | null) =>
+  async ({ headers }: { headers: Record<string, string | undefined> }) => {
+    const principal = await auth.authenticate(bearerToken(headers.authorization))
+    const waitMs = limiter?.hit(principal.credential ?? `${principal.orgId}|${principal.userId}`) ?? 0
+    if (waitMs > 0) {
+      const seconds = Math.ceil(waitMs / 1000)
+      throw new ApiError(429, 'rate_limited', `too many requests for this credential; retry in ${seconds} s`, {
+        'retry-after': String(seconds),
+      })
+    }
+    return { principal }
+  }
 
 const errorBody = (code: string, message: string) => ({ error: { code, message } })
 
@@ -74,6 +86,7 @@ export const httpErrors = (maxBodyBytes: number, log: Logger) =>
       const error = code === 'PARSE' && thrown.cause instanceof ApiError ? thrown.cause : thrown
       if (error instanceof ApiError) {
         set.status = error.status
+        Object.assign(set.headers, error.headers)
         return errorBody(error.code, error.message)
       }
       if (error instanceof AuthError) {

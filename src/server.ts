@@ -12,10 +12,14 @@ import { LocalBroker } from './realtime/broker'
 import { Hub } from './realtime/hub'
 import { Presence } from './realtime/presence'
 import { RetentionJob } from './retention'
+import { KeyedRateLimiter } from './rate-limit'
+import { ApiKeyStore } from './store/api-key-store'
 import { SqliteEventStore } from './store/sqlite-event-store'
 
 /** Ports tried after the configured one when it is taken. */
 const PORT_FALLBACKS = 20
+/** How often sockets are checked for readers that stopped reading. */
+const SLOW_CONSUMER_SWEEP_MS = 250
 
 /** An event published in-process: id, timestamp and (in `none` mode) orgId/userId default. */
 export interface PublishInput {
@@ -53,12 +57,15 @@ export function createRealtimeServer(options: RealtimeServerOptions = {}): Realt
   const { logger, ...overrides } = options
   const config = defaultConfig(overrides)
   const log = logger ?? createLogger(config.logLevel)
-  const store = new SqliteEventStore(openDatabase(config.dbPath))
+  const database = openDatabase(config.dbPath)
+  const store = new SqliteEventStore(database)
+  const apiKeys = new ApiKeyStore(database)
   const hub = new Hub()
   const presence = new Presence()
   const broker = new LocalBroker((events) => hub.deliver(events))
   const events = new EventService(store, broker, log)
-  const auth = createAuthenticator(config.auth)
+  const auth = createAuthenticator(config.auth, apiKeys)
+  const httpLimiter = config.httpRateLimit ? new KeyedRateLimiter(config.httpRateLimit) : null
   const retention = new RetentionJob(store, config.retentionHours * 3_600_000, config.pruneIntervalMs, log)
   const startedAt = Date.now()
   const health = (): HealthBody => ({
@@ -68,8 +75,9 @@ export function createRealtimeServer(options: RealtimeServerOptions = {}): Realt
     eventsStored: store.count(),
     uptime: Math.floor((Date.now() - startedAt) / 1000),
   })
-  const app = createApp({ config, store, hub, presence, events, auth, log, health })
+  const app = createApp({ config, store, hub, presence, events, auth, httpLimiter, log, health })
   let port = 0
+  let slowConsumerSweep: ReturnType<typeof setInterval> | undefined
   let state: 'new' | 'running' | 'stopping' | 'stopped' = 'new'
 
   function listen(): number {
@@ -103,6 +111,10 @@ export function createRealtimeServer(options: RealtimeServerOptions = {}): Realt
       await retention.start()
       port = listen()
       hub.attach(app.server!)
+      slowConsumerSweep = setInterval(() => {
+        const closed = hub.closeSlowConsumers(config.slowConsumerBytes, CloseCode.SlowConsumer, 'slow consumer: resume from your last seq')
+        if (closed > 0) log.warn('slow_consumers_closed', { closed, limitBytes: config.slowConsumerBytes })
+      }, SLOW_CONSUMER_SWEEP_MS)
       log.info('listening', { host: config.host, port, url: server.url, ws: `${server.url.replace('http', 'ws')}/ws`, db: config.dbPath, auth: config.auth.mode, epoch: store.epoch })
       return { port, url: server.url }
     },
@@ -112,6 +124,7 @@ export function createRealtimeServer(options: RealtimeServerOptions = {}): Realt
       const wasRunning = state === 'running'
       state = 'stopping'
       await retention.stop()
+      clearInterval(slowConsumerSweep)
       hub.closeAll(CloseCode.GoingAway, 'server shutting down')
       events.flush()
       if (wasRunning) {

@@ -59,3 +59,19 @@ export const meta = sqliteTable('meta', {
   key: text('key').primaryKey(),
   value: text('value').notNull(),
 })
+
+/**
+ * Service credentials. Only the SHA-256 of a key is stored: the key itself is shown once, when
+ * it is created, and cannot be recovered from the database.
+ */
+export const apiKeys = sqliteTable('api_keys', {
+  id: text('id').primaryKey(),
+  orgId: text('org_id').notNull(),
+  label: text('label').notNull(),
+  hash: text('hash').notNull().unique(),
+  createdAt: integer('created_at').notNull(),
+  /** Unix ms after which the key is refused; null = never. */
+  expiresAt: integer('expires_at'),
+  lastUsedAt: integer('last_used_at'),
+  revokedAt: integer('revoked_at'),
+})

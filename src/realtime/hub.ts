@@ -19,6 +19,9 @@ export class Hub {
   private server: Pick<Server<unknown>, 'publish'> | null = null
   private readonly topicsOf = new Map<Socket, Set<string>>()
   private readonly subscribers = new Map<string, number>()
+  /** Authenticated sockets per user (`orgId|userId`), for per-user limits and the session policy. */
+  private readonly socketsOf = new Map<string, Set<Socket>>()
+  private readonly userOf = new Map<Socket, string>()
 
   attach(server: Pick<Server<unknown>, 'publish'>): void {
     this.server = server
@@ -34,6 +37,42 @@ export class Hub {
     if (!topics) return
     for (const topic of topics) this.release(topic)
     this.topicsOf.delete(socket)
+    const user = this.userOf.get(socket)
+    if (user === undefined) return
+    this.userOf.delete(socket)
+    const sockets = this.socketsOf.get(user)
+    sockets?.delete(socket)
+    if (sockets?.size === 0) this.socketsOf.delete(user)
+  }
+
+  /** Records whose socket this is; returns the user's other open sockets. */
+  signIn(socket: Socket, orgId: string, userId: string): Socket[] {
+    const user = `${orgId}|${userId}`
+    let sockets = this.socketsOf.get(user)
+    if (!sockets) {
+      sockets = new Set()
+      this.socketsOf.set(user, sockets)
+    }
+    const others = [...sockets]
+    sockets.add(socket)
+    this.userOf.set(socket, user)
+    return others
+  }
+
+  /**
+   * Closes sockets with more than `limitBytes` queued: they stopped reading. Run on an interval, so
+   * the cost is one cheap call per socket, never per event. Bun's own hard limit (a multiple of this)
+   * stays as the backstop for a burst between two sweeps.
+   */
+  closeSlowConsumers(limitBytes: number, code: number, reason: string): number {
+    let closed = 0
+    for (const socket of this.topicsOf.keys()) {
+      if (socket.getBufferedAmount() > limitBytes) {
+        socket.close(code, reason)
+        closed++
+      }
+    }
+    return closed
   }
 
   subscribe(socket: Socket, orgId: string, channelId: string): void {

@@ -4,6 +4,7 @@ import { ApiError, CloseCode, describeIssue, WsErrorCode } from '../errors'
 import type { Logger } from '../log'
 import { CLIENT_MESSAGE_TYPES, type ClientMessage, clientMessage, historyRequest, type ServerMessage } from '../model/protocol'
 import type { EventService } from '../modules/events/service'
+import { FixedWindow } from '../rate-limit'
 import type { EventStore } from '../store/event-store'
 import { eventFrame } from './frames'
 import type { Hub, Socket } from './hub'
@@ -20,7 +21,7 @@ export interface SessionDeps {
   store: EventStore
   events: EventService
   auth: Authenticator
-  config: Pick<Config, 'rateLimit' | 'authTimeoutMs'>
+  config: Pick<Config, 'rateLimit' | 'authTimeoutMs' | 'sessionPolicy' | 'maxConnections' | 'maxConnectionsPerUser' | 'maxSubscriptions'>
   log: Logger
   stats: () => Record<string, unknown>
 }
@@ -35,8 +36,7 @@ export class Session {
   private readonly subscriptions = new Map<string, number>()
   private generation = 0
   private authTimer: ReturnType<typeof setTimeout> | undefined
-  private windowStart = 0
-  private windowCount = 0
+  private readonly rateWindow: FixedWindow | null
   private drainWaiters: Array<() => void> = []
   private isClosed = false
   private clientId: string | undefined
@@ -49,7 +49,9 @@ export class Session {
   constructor(
     private readonly socket: Socket,
     private readonly deps: SessionDeps,
-  ) {}
+  ) {
+    this.rateWindow = deps.config.rateLimit ? new FixedWindow(deps.config.rateLimit) : null
+  }
 
   /**
    * Called once the socket is open. `queryToken` is `?token=` from the upgrade; `clientId` (`?clientId=`)
@@ -58,6 +60,11 @@ export class Session {
   opened(queryToken: string | undefined, clientId: string | undefined): void {
     this.clientId = clientId && clientId.length <= 128 ? clientId : undefined
     this.deps.hub.add(this.socket)
+    if (this.deps.hub.connections > this.deps.config.maxConnections) {
+      this.deps.log.warn('connection_limit', { connections: this.deps.hub.connections })
+      this.socket.close(CloseCode.TooManyConnections, 'connection limit reached')
+      return
+    }
     if (!this.deps.auth.required) {
       this.inbox = this.deps.auth.authenticate(undefined).then((principal) => this.signedIn(principal))
     } else if (queryToken !== undefined) {
@@ -112,8 +119,18 @@ export class Session {
   }
 
   private signedIn(principal: Principal): void {
+    if (this.isClosed) return
     this.principal = principal
-    if (this.clientId && !this.isClosed) this.deps.presence.socketOpened(principal, this.clientId)
+    const { hub, config, log, presence } = this.deps
+    const others = hub.signIn(this.socket, principal.orgId, principal.userId)
+    if (config.sessionPolicy === 'single') {
+      for (const other of others) other.close(CloseCode.SessionReplaced, 'a newer session of this user started')
+    } else if (others.length >= config.maxConnectionsPerUser) {
+      log.warn('connection_limit_per_user', { userId: principal.userId, connections: others.length })
+      this.socket.close(CloseCode.TooManyConnections, 'connection limit for this user reached')
+      return
+    }
+    if (this.clientId) presence.socketOpened(principal, this.clientId)
   }
 
   private failed(error: unknown): void {
@@ -161,6 +178,10 @@ export class Session {
       this.deps.events.authorizeChannel(principal, channelId, 'channelId')
     } catch (error) {
       this.error(WsErrorCode.Forbidden, (error as Error).message, { channelId })
+      return
+    }
+    if (!this.subscriptions.has(channelId) && this.subscriptions.size >= this.deps.config.maxSubscriptions) {
+      this.error(WsErrorCode.TooManySubscriptions, `at most ${this.deps.config.maxSubscriptions} channels per connection`, { channelId })
       return
     }
     const generation = ++this.generation
@@ -238,14 +259,7 @@ export class Session {
   }
 
   private withinRateLimit(): boolean {
-    const limit = this.deps.config.rateLimit
-    if (!limit) return true
-    const now = Date.now()
-    if (now - this.windowStart >= limit.windowMs) {
-      this.windowStart = now
-      this.windowCount = 0
-    }
-    return ++this.windowCount <= limit.max
+    return !this.rateWindow || this.rateWindow.hit(Date.now()) === 0
   }
 
   /** Validates one inbound frame (text or bytes, as Bun delivers it); answers bad input with an error frame. */

@@ -23,7 +23,7 @@ export interface TestServer {
 export async function startServer(options: RealtimeServerOptions = {}): Promise<TestServer> {
   const tmp = tempDir()
   const dbPath = options.dbPath ?? join(tmp.dir, 'realtime.db')
-  const server = createRealtimeServer({ host: '127.0.0.1', port: 0, logger: silentLogger, rateLimit: null, ...options, dbPath })
+  const server = createRealtimeServer({ host: '127.0.0.1', port: 0, logger: silentLogger, rateLimit: null, httpRateLimit: null, ...options, dbPath })
   const { url } = await server.start()
   return {
     server,

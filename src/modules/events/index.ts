@@ -1,13 +1,14 @@
 import { Elysia } from 'elysia'
 import type { Authenticator } from '../../auth'
+import type { KeyedRateLimiter } from '../../rate-limit'
 import { ingestBody, sinceQuery } from '../../model/http'
 import { resolvePrincipal } from '../../http'
 import type { EventService } from './service'
 
 /** POST /ingest and GET /api/events/since. */
-export const eventsModule = (events: EventService, auth: Authenticator) =>
+export const eventsModule = (events: EventService, auth: Authenticator, limiter: KeyedRateLimiter | null) =>
   new Elysia({ name: 'events' })
-    .resolve(resolvePrincipal(auth))
+    .resolve(resolvePrincipal(auth, limiter))
     .post(
       '/ingest',
       ({ body, principal }) => events.ingest(principal, 'events' in body ? body.events : [body]),

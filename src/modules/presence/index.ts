@@ -1,13 +1,14 @@
 import { Elysia } from 'elysia'
 import type { Authenticator } from '../../auth'
+import type { KeyedRateLimiter } from '../../rate-limit'
 import { resolvePrincipal } from '../../http'
 import { heartbeatBody } from '../../model/http'
 import type { Presence } from '../../realtime/presence'
 
 /** POST /api/heartbeat and GET /api/presence: the HTTP half of the dual channel. */
-export const presenceModule = (presence: Presence, auth: Authenticator) =>
+export const presenceModule = (presence: Presence, auth: Authenticator, limiter: KeyedRateLimiter | null) =>
   new Elysia({ name: 'presence' })
-    .resolve(resolvePrincipal(auth))
+    .resolve(resolvePrincipal(auth, limiter))
     .post(
       '/api/heartbeat',
       ({ body, principal }) => {
