@@ -1,7 +1,7 @@
 import { Elysia } from 'elysia'
 import type { Authenticator } from './auth'
 import type { Config } from './config'
-import { httpErrors } from './http'
+import { createApiGate, httpErrors } from './http'
 import type { Logger } from './log'
 import type { KeyedRateLimiter } from './rate-limit'
 import type { HealthBody } from './model/http'
@@ -30,6 +30,7 @@ export interface AppDeps {
 /** The whole HTTP and WebSocket surface, in one chain. Eden clients import `type App`. */
 export function createApp(deps: AppDeps) {
   const { config } = deps
+  const gate = createApiGate(deps.auth, deps.httpLimiter)
   return new Elysia({
     // Bun's own limit is only a backstop (it answers with an empty 413); the JSON 413 comes from
     // http.ts, which needs to see bodies up to the configured limit and a little past it.
@@ -45,8 +46,9 @@ export function createApp(deps: AppDeps) {
   })
     .use(httpErrors(config.maxBodyBytes, deps.log))
     .use(healthModule(deps.health))
-    .use(eventsModule(deps.events, deps.auth, deps.httpLimiter))
-    .use(presenceModule(deps.presence, deps.auth, deps.httpLimiter))
+    .use(gate.plugin)
+    .use(eventsModule(deps.events, gate))
+    .use(presenceModule(deps.presence, gate))
     .use(
       realtimeModule({
         hub: deps.hub,

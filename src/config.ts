@@ -77,6 +77,7 @@ const envSchema = z.object({
 })
 
 export const SETTINGS = Object.keys(envSchema.shape) as Array<keyof typeof envSchema.shape>
+const SECRET_SETTINGS = new Set(['REALTIME_JWT_SECRET'])
 
 export class ConfigError extends Error {}
 
@@ -90,7 +91,9 @@ export function loadConfig(env: Record<string, string | undefined>, argv: readon
   if (!parsed.success) {
     const issue = parsed.error.issues[0]!
     const name = String(issue.path[0])
-    throw new ConfigError(`${name}=${JSON.stringify(values[name] ?? '')} is invalid: ${issue.message}`)
+    // A secret is named, never shown: this message goes to logs.
+    const shown = SECRET_SETTINGS.has(name) ? `(${(values[name] ?? '').length} characters)` : JSON.stringify(values[name] ?? '')
+    throw new ConfigError(`${name}=${shown} is invalid: ${issue.message}`)
   }
   const s = parsed.data
   const limit = (name: 'REALTIME_RATE_LIMIT' | 'REALTIME_HTTP_RATE_LIMIT') => {

@@ -1,5 +1,5 @@
 import { Elysia } from 'elysia'
-import { AuthError, type Authenticator } from './auth'
+import { AuthError, type Authenticator, type Principal } from './auth'
 import { ApiError, describeIssue } from './errors'
 import type { Logger } from './log'
 import type { KeyedRateLimiter } from './rate-limit'
@@ -10,23 +10,45 @@ export function bearerToken(header: string | undefined): string | undefined {
   return match?.[1]?.trim()
 }
 
+/** The HTTP API behind credentials: `/ingest` and everything under `/api/`. */
+const isApiPath = (path: string) => path === '/ingest' || path.startsWith('/api/')
+
 /**
- * Elysia `resolve` handler: the caller's principal from its bearer token (or the local one),
- * counted against the per-credential HTTP rate limit.
+ * Authenticates API requests and counts them against the per-credential rate limit before their
+ * body is read: a caller without credentials gets 401, and a limited one 429, not the cost of
+ * parsing what it sent. Route modules take the principal with `principalOf`.
  */
-export const resolvePrincipal =
-  (auth: Authenticator, limiter: KeyedRateLimiter | null) =>
-  async ({ headers }: { headers: Record<string, string | undefined> }) => {
-    const principal = await auth.authenticate(bearerToken(headers.authorization))
+export function createApiGate(auth: Authenticator, limiter: KeyedRateLimiter | null) {
+  const principals = new WeakMap<Request, Principal>()
+  const plugin = new Elysia({ name: 'api-gate' }).onRequest(async ({ request, set }) => {
+    if (!isApiPath(new URL(request.url).pathname)) return
+    let principal: Principal
+    try {
+      principal = await auth.authenticate(bearerToken(request.headers.get('authorization') ?? undefined))
+    } catch (error) {
+      if (!(error instanceof AuthError)) throw error
+      set.status = 401
+      set.headers['www-authenticate'] = 'Bearer'
+      return errorBody('unauthorized', error.message)
+    }
     const waitMs = limiter?.hit(principal.credential ?? `${principal.orgId}|${principal.userId}`) ?? 0
     if (waitMs > 0) {
       const seconds = Math.ceil(waitMs / 1000)
-      throw new ApiError(429, 'rate_limited', `too many requests for this credential; retry in ${seconds} s`, {
-        'retry-after': String(seconds),
-      })
+      set.status = 429
+      set.headers['retry-after'] = String(seconds)
+      return errorBody('rate_limited', `too many requests for this credential; retry in ${seconds} s`)
     }
+    principals.set(request, principal)
+  })
+  /** Elysia `derive` handler for API routes: the principal the gate resolved for this request. */
+  const principalOf = ({ request }: { request: Request }) => {
+    const principal = principals.get(request)
+    if (!principal) throw new Error(`no principal for ${request.url}: is the route outside the API paths?`)
     return { principal }
   }
+  return { plugin, principalOf }
+}
+export type ApiGate = ReturnType<typeof createApiGate>
 
 const errorBody = (code: string, message: string) => ({ error: { code, message } })
 

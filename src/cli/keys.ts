@@ -55,7 +55,8 @@ export function runKeys(argv: string[], env: Record<string, string | undefined>,
 
   let dbPath: string
   try {
-    dbPath = values.db ?? loadConfig(env).dbPath
+    // Only the database setting matters here; other settings (and their secrets) are not read.
+    dbPath = values.db ?? loadConfig({ REALTIME_DB: env.REALTIME_DB }).dbPath
   } catch (error) {
     if (error instanceof ConfigError) {
       io.err(error.message)

@@ -1,14 +1,12 @@
 import { Elysia } from 'elysia'
-import type { Authenticator } from '../../auth'
-import type { KeyedRateLimiter } from '../../rate-limit'
 import { ingestBody, sinceQuery } from '../../model/http'
-import { resolvePrincipal } from '../../http'
+import type { ApiGate } from '../../http'
 import type { EventService } from './service'
 
 /** POST /ingest and GET /api/events/since. */
-export const eventsModule = (events: EventService, auth: Authenticator, limiter: KeyedRateLimiter | null) =>
+export const eventsModule = (events: EventService, gate: ApiGate) =>
   new Elysia({ name: 'events' })
-    .resolve(resolvePrincipal(auth, limiter))
+    .derive(gate.principalOf)
     .post(
       '/ingest',
       ({ body, principal }) => events.ingest(principal, 'events' in body ? body.events : [body]),

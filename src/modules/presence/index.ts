@@ -1,14 +1,12 @@
 import { Elysia } from 'elysia'
-import type { Authenticator } from '../../auth'
-import type { KeyedRateLimiter } from '../../rate-limit'
-import { resolvePrincipal } from '../../http'
+import type { ApiGate } from '../../http'
 import { heartbeatBody } from '../../model/http'
 import type { Presence } from '../../realtime/presence'
 
 /** POST /api/heartbeat and GET /api/presence: the HTTP half of the dual channel. */
-export const presenceModule = (presence: Presence, auth: Authenticator, limiter: KeyedRateLimiter | null) =>
+export const presenceModule = (presence: Presence, gate: ApiGate) =>
   new Elysia({ name: 'presence' })
-    .resolve(resolvePrincipal(auth, limiter))
+    .derive(gate.principalOf)
     .post(
       '/api/heartbeat',
       ({ body, principal }) => {
