@@ -1,6 +1,7 @@
 import { Elysia } from 'elysia'
 import { AuthError, type Authenticator, type Principal } from './auth'
 import { ApiError, describeIssue } from './errors'
+import { MAX_JSON_DEPTH, nestsDeeperThan } from './json'
 import type { Logger } from './log'
 import type { KeyedRateLimiter } from './rate-limit'
 
@@ -97,11 +98,14 @@ export const httpErrors = (maxBodyBytes: number, log: Logger) =>
       if (bytes.byteLength > maxBodyBytes) {
         throw new ApiError(413, 'body_too_large', `request body is over the limit of ${maxBodyBytes} bytes`)
       }
+      let body: unknown
       try {
-        return JSON.parse(new TextDecoder().decode(bytes))
+        body = JSON.parse(new TextDecoder().decode(bytes))
       } catch {
         throw new ApiError(400, 'invalid_json', 'request body is not valid JSON')
       }
+      if (nestsDeeperThan(body)) throw new ApiError(400, 'invalid_body', `request body nests deeper than ${MAX_JSON_DEPTH} levels`)
+      return body
     })
     .onError({ as: 'global' }, ({ code, error: thrown, set }) => {
       // Elysia wraps whatever the parse step throws in a ParseError.

@@ -4,6 +4,7 @@ import { ApiError, CloseCode, describeIssue, WsErrorCode } from '../errors'
 import type { Logger } from '../log'
 import { CLIENT_MESSAGE_TYPES, type ClientMessage, clientMessage, historyRequest, type ServerMessage } from '../model/protocol'
 import type { EventService } from '../modules/events/service'
+import { MAX_JSON_DEPTH, nestsDeeperThan } from '../json'
 import { FixedWindow } from '../rate-limit'
 import type { EventStore } from '../store/event-store'
 import { eventFrame } from './frames'
@@ -279,12 +280,15 @@ export class Session {
       this.error(WsErrorCode.InvalidMessage, 'a message must be a JSON object')
       return undefined
     }
+    if (nestsDeeperThan(raw)) {
+      this.error(WsErrorCode.InvalidMessage, `message nests deeper than ${MAX_JSON_DEPTH} levels`)
+      return undefined
+    }
     const type = (raw as { type?: unknown }).type
     if (typeof type !== 'string' || !(CLIENT_MESSAGE_TYPES as string[]).includes(type)) {
-      this.error(
-        WsErrorCode.UnknownType,
-        `unknown message type ${JSON.stringify(type ?? null)} (known: ${CLIENT_MESSAGE_TYPES.join(', ')})`,
-      )
+      // Never echo what was sent at length: a string is cut short, anything else named by its kind.
+      const shown = typeof type === 'string' ? JSON.stringify(type.slice(0, 64)) : type === undefined ? 'missing' : `of kind ${Array.isArray(type) ? 'array' : typeof type}`
+      this.error(WsErrorCode.UnknownType, `unknown message type ${shown} (known: ${CLIENT_MESSAGE_TYPES.join(', ')})`)
       return undefined
     }
     const parsed = clientMessage.safeParse(raw)
