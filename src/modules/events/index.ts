@@ -1,6 +1,8 @@
 import { Elysia } from 'elysia'
 import type { Authenticator } from '../../auth'
 import type { KeyedRateLimiter } from '../../rate-limit'
+import { z } from 'zod'
+import { channelId } from '../../model/channels'
 import { ingestBody, sinceQuery } from '../../model/http'
 import { resolvePrincipal } from '../../http'
 import type { EventService } from './service'
@@ -18,4 +20,9 @@ export const eventsModule = (events: EventService, auth: Authenticator, limiter:
       '/api/events/since',
       ({ query, principal }) => events.history(principal, query),
       { query: sinceQuery },
+    )
+    .get(
+      '/api/channels/:channelId/state',
+      ({ params, principal }) => events.channelState(principal, params.channelId),
+      { params: z.object({ channelId }) },
     )
