@@ -23,6 +23,8 @@ export const events = sqliteTable(
     receivedAt: integer('received_at').notNull(),
     /** JSON array of the channel ids the event was delivered on. */
     channels: text('channels').notNull(),
+    /** The entity key given at ingest, if any (else the catalogue derives it: model/state.ts). */
+    key: text('key'),
   },
   (t) => [index('events_timestamp').on(t.timestamp), index('events_org_seq').on(t.orgId, t.seq)],
 )
@@ -52,6 +54,22 @@ export const pruneMarks = sqliteTable(
     prunedSeq: integer('pruned_seq').notNull(),
   },
   (t) => [primaryKey({ columns: [t.orgId, t.channel] })],
+)
+
+/**
+ * Channel state: per (organisation, channel, entity key), the seq of the latest event for that
+ * entity. Written in the transaction that stores the event, so state and log never disagree;
+ * retention never prunes an event a row here points to. Deleted entities have no row.
+ */
+export const channelState = sqliteTable(
+  'channel_state',
+  {
+    orgId: text('org_id').notNull(),
+    channel: text('channel').notNull(),
+    key: text('key').notNull(),
+    seq: integer('seq').notNull(),
+  },
+  (t) => [primaryKey({ columns: [t.orgId, t.channel, t.key] }), index('channel_state_seq').on(t.seq)],
 )
 
 /** Small key/value facts about this database, such as its `epoch`. */

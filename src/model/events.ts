@@ -89,6 +89,8 @@ export const eventInput = z
     userId: principalId('userId'),
     timestamp: z.number().int().nonnegative(),
     payload: z.record(z.string(), z.unknown()),
+    /** The entity this event describes, overriding the catalogue's (see model/state.ts). */
+    key: z.string().min(1).max(256).optional(),
     channels: z
       .array(channelId)
       .min(1)
@@ -111,6 +113,8 @@ export type EventInput = z.infer<typeof eventInput>
 interface StoredFields {
   id: string
   seq: number
+  /** Present when the event was ingested with an explicit entity key. */
+  key?: string
   orgId: string
   userId: string
   timestamp: number

@@ -48,8 +48,20 @@ export interface WireEvent {
   orgId: string
   userId: string
   timestamp: number
+  /** Present when the event was ingested with an explicit entity key. */
+  key?: string
   payload: Record<string, unknown>
   channels: string[]
+}
+
+/** `GET /api/channels/:channelId/state`: the latest event of every live entity of a channel. */
+export interface ChannelState {
+  channelId: string
+  /** The state is complete up to this seq: subscribe with `since` = seq to follow it live. */
+  seq: number
+  epoch: string
+  /** Ascending by seq. */
+  entities: WireEvent[]
 }
 
 /** One page of `GET /api/events/since` (and of the `history` request). */

@@ -22,6 +22,12 @@ export const subscribeMessage = z.object({
   channelId,
   since: seqCursor.optional(),
   epoch: z.string().min(1).max(64).optional(),
+  /**
+   * Start from the channel's state: a `snapshot` (the latest event of every entity) then live
+   * events. With `since` as well, the server replays instead when that is smaller and complete,
+   * and says which it did in `subscribed.mode`.
+   */
+  snapshot: z.boolean().optional(),
 })
 
 export const unsubscribeMessage = z.object({ type: z.literal('unsubscribe'), channelId })
@@ -61,7 +67,18 @@ export type ServerMessage =
    * `since` (subscribe with since): where the replay starts — the cursor given, or 0 when that
    * cursor is void here (another epoch, or beyond the newest seq).
    */
-  | { type: 'subscribed'; channelId: string; epoch: string; lastSeq?: number; since?: number; truncated?: true }
+  | {
+      type: 'subscribed'
+      channelId: string
+      epoch: string
+      lastSeq?: number
+      since?: number
+      truncated?: true
+      /** With `snapshot: true`: whether `snapshot` frames or a replay from `since` follow. */
+      mode?: 'snapshot' | 'replay'
+    }
+  /** One part of a channel's state; `done` on the last. Live events with seq > `seq` follow. */
+  | { type: 'snapshot'; channelId: string; seq: number; entities: unknown[]; done: boolean }
   | { type: 'unsubscribed'; channelId: string }
   | { type: 'pong' }
   | { type: 'response'; requestId: string; success: true; data: unknown }

@@ -12,7 +12,8 @@ export const topicOf = (orgId: string, channelId: string) => `${orgId}|${channel
  * stored payload text: the payload is never parsed or re-serialised on the delivery path.
  */
 export function eventFrame(event: StoredEvent, channelId: string): string {
-  return `{"type":${JSON.stringify(event.type)},"id":"${event.id}","seq":${event.seq},"channelId":${JSON.stringify(channelId)},"orgId":${JSON.stringify(event.orgId)},"userId":${JSON.stringify(event.userId)},"timestamp":${event.timestamp},"payload":${event.payload}}`
+  const key = event.key ? `,"key":${JSON.stringify(event.key)}` : ''
+  return `{"type":${JSON.stringify(event.type)},"id":"${event.id}","seq":${event.seq},"channelId":${JSON.stringify(channelId)},"orgId":${JSON.stringify(event.orgId)},"userId":${JSON.stringify(event.userId)},"timestamp":${event.timestamp}${key},"payload":${event.payload}}`
 }
 
 /** A stored event as the HTTP API returns it (the frame's fields plus every channel it went to). */
@@ -25,6 +26,7 @@ export function wireEvent(event: StoredEvent, channelId?: string): WireEvent {
     orgId: event.orgId,
     userId: event.userId,
     timestamp: event.timestamp,
+    ...(event.key ? { key: event.key } : {}),
     payload: JSON.parse(event.payload) as Record<string, unknown>,
     channels: event.channels,
   }

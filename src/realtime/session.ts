@@ -1,20 +1,33 @@
+import type { z } from 'zod'
 import { AuthError, type Authenticator, type Principal } from '../auth'
 import type { Config } from '../config'
 import { ApiError, CloseCode, describeIssue, WsErrorCode } from '../errors'
 import type { Logger } from '../log'
-import { CLIENT_MESSAGE_TYPES, type ClientMessage, clientMessage, historyRequest, type ServerMessage } from '../model/protocol'
-import type { EventService } from '../modules/events/service'
 import { MAX_JSON_DEPTH, nestsDeeperThan } from '../json'
+import {
+  CLIENT_MESSAGE_TYPES,
+  type ClientMessage,
+  clientMessage,
+  historyRequest,
+  type ServerMessage,
+  type subscribeMessage,
+} from '../model/protocol'
+import type { EventService, Replay } from '../modules/events/service'
 import { FixedWindow } from '../rate-limit'
-import type { EventStore } from '../store/event-store'
+import type { EventStore, StoredEvent } from '../store/event-store'
 import { eventFrame } from './frames'
 import type { Hub, Socket } from './hub'
 import type { Presence } from './presence'
 
 /** Events per replay page; between pages the session yields, and waits for the socket to drain. */
 export const REPLAY_PAGE = 500
+/** A snapshot is sent in parts of at most this many entities or (about) bytes. */
+const SNAPSHOT_PART_ENTITIES = 1000
+const SNAPSHOT_PART_BYTES = 512 * 1024
 /** Bytes queued on a socket past which a replay waits for Bun's drain callback. */
 const REPLAY_HIGH_WATER = 1 << 20
+
+type SubscribeMessage = z.infer<typeof subscribeMessage>
 
 export interface SessionDeps {
   hub: Hub
@@ -103,7 +116,7 @@ export class Session {
         return this.send({ type: 'pong' })
       case 'subscribe':
         // Not awaited: a long replay must not hold up pings and requests behind it.
-        this.subscribe(message.channelId, message.since, message.epoch).catch((error) => this.failed(error))
+        this.subscribe(message).catch((error) => this.failed(error))
         return
       case 'unsubscribe':
         return this.unsubscribe(message.channelId)
@@ -168,12 +181,14 @@ export class Session {
   }
 
   /**
-   * Subscribes, replaying first when `since` is given. The replay reads pages until one comes back
-   * short; that last read and the topic subscription happen in one synchronous step, and events are
-   * committed and published in one synchronous step too, so every event is either in a page or
-   * delivered live: no gap, no duplicate.
+   * Subscribes: live only; or first a replay of what came after `since`; or first the channel's
+   * state (`snapshot`). A replay reads pages until one comes back short; that last read and the
+   * topic subscription happen in one synchronous step, and events are committed and published in
+   * one synchronous step too, so every event is either in a page or delivered live: no gap, no
+   * duplicate. A snapshot is read in one step at a seq S and followed by the same replay from S.
    */
-  private async subscribe(channelId: string, since: number | undefined, epoch: string | undefined): Promise<void> {
+  private async subscribe(message: SubscribeMessage): Promise<void> {
+    const { channelId, since, epoch, snapshot } = message
     const principal = this.principal!
     try {
       this.deps.events.authorizeChannel(principal, channelId, 'channelId')
@@ -188,31 +203,66 @@ export class Session {
     const generation = ++this.generation
     this.subscriptions.set(channelId, generation)
     const { hub, store } = this.deps
-    hub.unsubscribe(this.socket, principal.orgId, channelId)
+    const { orgId } = principal
+    hub.unsubscribe(this.socket, orgId, channelId)
+    const subscribed = { type: 'subscribed' as const, channelId, epoch: store.epoch }
 
-    if (since === undefined) {
+    if (since === undefined && !snapshot) {
       // Subscribing and reading lastSeq in one step: every later event of the channel arrives live,
       // so `lastSeq` is an exact cursor to resume from.
-      hub.subscribe(this.socket, principal.orgId, channelId)
-      this.send({ type: 'subscribed', channelId, epoch: store.epoch, lastSeq: store.lastSeq() })
+      hub.subscribe(this.socket, orgId, channelId)
+      this.send({ ...subscribed, lastSeq: store.lastSeq() })
       return
     }
-    const replay = this.deps.events.replayFrom(principal.orgId, channelId, since, epoch)
-    this.send({
-      type: 'subscribed',
-      channelId,
-      epoch: store.epoch,
-      since: replay.from,
-      ...(replay.truncated ? { truncated: true } : {}),
-    })
-    let after = replay.from
+    const replay = since === undefined ? undefined : this.deps.events.replayFrom(orgId, channelId, since, epoch)
+    if (replay && (!snapshot || this.replayIsSmaller(orgId, channelId, replay))) {
+      const mode = snapshot ? { mode: 'replay' as const } : {}
+      this.send({ ...subscribed, ...mode, since: replay.from, ...(replay.truncated ? { truncated: true } : {}) })
+      return this.replay(channelId, replay.from, generation)
+    }
+    const state = store.snapshot(orgId, channelId)
+    this.send({ ...subscribed, mode: 'snapshot' })
+    if (await this.sendSnapshot(channelId, state, generation)) await this.replay(channelId, state.seq, generation)
+  }
+
+  /** With since and snapshot: replay when the log holds everything after since and that is less to send. */
+  private replayIsSmaller(orgId: string, channelId: string, replay: Replay): boolean {
+    if (replay.truncated) return false
+    const entities = this.deps.store.entityCounts(orgId, [channelId])[channelId] ?? 0
+    return this.deps.store.countAfter(orgId, channelId, replay.from, entities + 1) <= entities
+  }
+
+  /** Sends a state in parts; false when the subscription was replaced or closed meanwhile. */
+  private async sendSnapshot(channelId: string, state: { seq: number; entities: StoredEvent[] }, generation: number): Promise<boolean> {
+    const head = `{"type":"snapshot","channelId":${JSON.stringify(channelId)},"seq":${state.seq},"entities":[`
+    let index = 0
+    do {
+      if (this.subscriptions.get(channelId) !== generation) return false
+      const frames: string[] = []
+      let bytes = 0
+      while (index < state.entities.length && frames.length < SNAPSHOT_PART_ENTITIES && bytes < SNAPSHOT_PART_BYTES) {
+        const frame = eventFrame(state.entities[index++]!, channelId)
+        frames.push(frame)
+        bytes += frame.length
+      }
+      const done = index >= state.entities.length
+      this.socket.send(`${head}${frames.join(',')}],"done":${done}}`)
+      if (!done) await this.roomToSend()
+    } while (index < state.entities.length)
+    return true
+  }
+
+  /** Sends the channel's events after `after` page by page, then subscribes (see subscribe). */
+  private async replay(channelId: string, after: number, generation: number): Promise<void> {
+    const { hub, store } = this.deps
+    const { orgId } = this.principal!
     for (;;) {
       if (this.subscriptions.get(channelId) !== generation) return // unsubscribed, resubscribed or closed
-      const page = store.readChannel(principal.orgId, channelId, after, REPLAY_PAGE)
+      const page = store.readChannel(orgId, channelId, after, REPLAY_PAGE)
       for (const event of page) this.socket.send(eventFrame(event, channelId))
       after = page.at(-1)?.seq ?? after
       if (page.length < REPLAY_PAGE) {
-        hub.subscribe(this.socket, principal.orgId, channelId)
+        hub.subscribe(this.socket, orgId, channelId)
         return
       }
       await this.roomToSend()
@@ -241,7 +291,11 @@ export class Session {
             type: 'response',
             requestId,
             success: true,
-            data: { ...this.deps.stats(), subscriptions: [...this.subscriptions.keys()] },
+            data: {
+              ...this.deps.stats(),
+              subscriptions: [...this.subscriptions.keys()],
+              entities: this.deps.store.entityCounts(principal.orgId, [...this.subscriptions.keys()]),
+            },
           })
         default:
           throw new ApiError(400, 'unknown_action', `unknown action ${JSON.stringify(action)} (known: history, stats)`)

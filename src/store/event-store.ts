@@ -1,3 +1,5 @@
+import type { StateChange } from '../model/state'
+
 /**
  * The event log behind every source and every replay. Storage is reached only through this
  * interface, so a network store (Postgres) can replace SQLite without touching the protocol code.
@@ -22,8 +24,20 @@ export interface EventStore {
   readOrg(orgId: string, after: number, limit: number): StoredEvent[]
   /** The highest seq ever pruned from a channel (or, with channel undefined, the organisation); 0 if none. */
   prunedThrough(orgId: string, channel?: string): number
-  /** Removes up to `limit` events with timestamp < cutoff, oldest first; returns how many it removed. */
+  /**
+   * Removes up to `limit` events with timestamp < cutoff, oldest first, except the latest event of
+   * every entity in a channel's state; returns how many it removed.
+   */
   pruneBefore(cutoff: number, limit: number): number
+  /**
+   * A channel's state: the latest event of every live entity, ascending by seq, and the seq the
+   * state is complete up to (events after it are not in it).
+   */
+  snapshot(orgId: string, channel: string): { seq: number; entities: StoredEvent[] }
+  /** How many events of a channel come after `after`, counting no further than `cap`. */
+  countAfter(orgId: string, channel: string, after: number, cap: number): number
+  /** Live entities per channel, for the given channels of an organisation. */
+  entityCounts(orgId: string, channels: readonly string[]): Record<string, number>
   /** The highest seq ever assigned (0 for a new database). */
   lastSeq(): number
   /** Events currently stored. */
@@ -42,6 +56,10 @@ export interface NewEvent {
   /** The payload as JSON text. */
   payload: string
   channels: string[]
+  /** The entity key given at ingest, if any. */
+  key?: string | null
+  /** What the event does to its channels' state (model/state.ts), decided at ingest. */
+  state?: StateChange
 }
 
 export interface StoredEvent extends NewEvent {

@@ -1,7 +1,13 @@
-import { and, asc, count, eq, gt, lt, sql } from 'drizzle-orm'
+import { and, asc, count, eq, gt, gte, inArray, lt, notExists, sql } from 'drizzle-orm'
 import type { OpenedDatabase } from '../db/client'
-import { eventChannels, events, meta, pruneMarks } from '../db/schema'
+import { channelState, eventChannels, events, meta, pruneMarks } from '../db/schema'
+import { type StateChange, stateChangeOf } from '../model/state'
 import type { EventStore, NewEvent, StoredEvent } from './event-store'
+
+/** Bumped when the rules of model/state.ts change: the state is then rebuilt from the log. */
+const STATE_VERSION = '1'
+/** Events read per step while rebuilding the state. */
+const REBUILD_CHUNK = 5000
 
 /** The organisation-wide entry in prune_marks (not a valid channel id, so it cannot collide). */
 const WHOLE_ORG = '*'
@@ -23,6 +29,11 @@ export class SqliteEventStore implements EventStore {
   private readonly deleteEvent
   private readonly deleteChannel
   private readonly raiseMark
+  private readonly setState
+  private readonly deleteState
+  private readonly purgeState
+  private readonly selectState
+  private readonly countChannelAfter
 
   constructor(private readonly database: OpenedDatabase) {
     const { db, sqlite } = database
@@ -43,6 +54,7 @@ export class SqliteEventStore implements EventStore {
         timestamp: p('timestamp'),
         receivedAt: p('receivedAt'),
         channels: p('channels'),
+        key: p('key'),
       })
       .onConflictDoNothing({ target: events.id })
       .returning({ seq: events.seq })
@@ -76,7 +88,13 @@ export class SqliteEventStore implements EventStore {
     this.selectExpired = db
       .select({ seq: events.seq, orgId: events.orgId, channels: events.channels })
       .from(events)
-      .where(lt(events.timestamp, p('cutoff')))
+      .where(
+        and(
+          lt(events.timestamp, p('cutoff')),
+          // The latest event of a live entity outlives retention.
+          notExists(db.select({ one: sql`1` }).from(channelState).where(eq(channelState.seq, events.seq))),
+        ),
+      )
       .orderBy(asc(events.timestamp))
       .limit(p('limit'))
       .prepare()
@@ -93,14 +111,59 @@ export class SqliteEventStore implements EventStore {
         set: { prunedSeq: sql`max(${pruneMarks.prunedSeq}, excluded.pruned_seq)` },
       })
       .prepare()
+    this.setState = db
+      .insert(channelState)
+      .values({ orgId: p('orgId'), channel: p('channel'), key: p('key'), seq: p('seq') })
+      .onConflictDoUpdate({ target: [channelState.orgId, channelState.channel, channelState.key], set: { seq: sql`excluded.seq` } })
+      .prepare()
+    this.deleteState = db
+      .delete(channelState)
+      .where(and(eq(channelState.orgId, p('orgId')), eq(channelState.channel, p('channel')), eq(channelState.key, p('key'))))
+      .prepare()
+    this.purgeState = db
+      .delete(channelState)
+      .where(
+        and(
+          eq(channelState.orgId, p('orgId')),
+          eq(channelState.channel, p('channel')),
+          gte(channelState.key, p('from')),
+          lt(channelState.key, p('to')),
+        ),
+      )
+      .prepare()
+    this.selectState = db
+      .select({ event: events })
+      .from(channelState)
+      .innerJoin(events, eq(events.seq, channelState.seq))
+      .where(and(eq(channelState.orgId, p('orgId')), eq(channelState.channel, p('channel'))))
+      .orderBy(asc(channelState.seq))
+      .prepare()
+    this.countChannelAfter = sqlite.query<{ n: number }, [string, string, number, number]>(
+      'SELECT count(*) AS n FROM (SELECT 1 FROM event_channels WHERE org_id = ? AND channel = ? AND seq > ? LIMIT ?)',
+    )
+    const version = db.select().from(meta).where(eq(meta.key, 'state_version')).get()?.value
+    if (version !== STATE_VERSION) this.rebuildState()
   }
 
   append(batch: readonly NewEvent[]): Array<StoredEvent | 'duplicate'> {
     const results = this.database.sqlite.transaction(() =>
       batch.map((event): StoredEvent | 'duplicate' => {
-        const row = this.insertEvent.get({ ...event, channels: JSON.stringify(event.channels) })
+        const row = this.insertEvent.get({
+          id: event.id,
+          orgId: event.orgId,
+          userId: event.userId,
+          type: event.type,
+          payload: event.payload,
+          timestamp: event.timestamp,
+          receivedAt: event.receivedAt,
+          channels: JSON.stringify(event.channels),
+          key: event.key ?? null,
+        })
         if (!row) return 'duplicate'
-        for (const channel of event.channels) this.insertChannel.run({ orgId: event.orgId, channel, seq: row.seq })
+        for (const channel of event.channels) {
+          this.insertChannel.run({ orgId: event.orgId, channel, seq: row.seq })
+          if (event.state) this.applyState(event.orgId, channel, event.state, row.seq)
+        }
         return { ...event, seq: row.seq }
       }),
     )()
@@ -140,6 +203,65 @@ export class SqliteEventStore implements EventStore {
     })()
     this.stored -= pruned
     return pruned
+  }
+
+  snapshot(orgId: string, channel: string): { seq: number; entities: StoredEvent[] } {
+    // One synchronous read: no commit can fall between the rows and the seq they are complete to.
+    return { seq: this.highestSeq, entities: this.selectState.all({ orgId, channel }).map((row) => toStored(row.event)) }
+  }
+
+  countAfter(orgId: string, channel: string, after: number, cap: number): number {
+    return this.countChannelAfter.get(orgId, channel, after, cap)?.n ?? 0
+  }
+
+  entityCounts(orgId: string, channels: readonly string[]): Record<string, number> {
+    const counts: Record<string, number> = Object.fromEntries(channels.map((channel) => [channel, 0]))
+    if (channels.length === 0) return counts
+    const rows = this.database.db
+      .select({ channel: channelState.channel, n: count() })
+      .from(channelState)
+      .where(and(eq(channelState.orgId, orgId), inArray(channelState.channel, [...channels])))
+      .groupBy(channelState.channel)
+      .all()
+    for (const row of rows) counts[row.channel] = row.n
+    return counts
+  }
+
+  /** Recomputes every channel's state from the log (a new database, or rules that changed). */
+  rebuildState(): void {
+    const { db, sqlite } = this.database
+    sqlite.transaction(() => {
+      db.delete(channelState).run()
+      for (let after = 0; ; ) {
+        const rows = db.select().from(events).where(gt(events.seq, after)).orderBy(asc(events.seq)).limit(REBUILD_CHUNK).all()
+        for (const row of rows) {
+          const change = stateChangeOf(row.type, JSON.parse(row.payload) as Record<string, unknown>, row.key)
+          if (!change) continue
+          for (const channel of JSON.parse(row.channels) as string[]) this.applyState(row.orgId, channel, change, row.seq)
+        }
+        if (rows.length < REBUILD_CHUNK) break
+        after = rows.at(-1)!.seq
+      }
+      db.insert(meta)
+        .values({ key: 'state_version', value: STATE_VERSION })
+        .onConflictDoUpdate({ target: meta.key, set: { value: STATE_VERSION } })
+        .run()
+    })()
+  }
+
+  private applyState(orgId: string, channel: string, change: StateChange, seq: number): void {
+    switch (change.op) {
+      case 'set':
+        this.setState.run({ orgId, channel, key: change.key, seq })
+        return
+      case 'delete':
+        for (const key of change.keys) this.deleteState.run({ orgId, channel, key })
+        return
+      case 'purge':
+        // Keys are `<kind>:<id>`: every key of the kind sorts in [prefix, prefix with its last character + 1).
+        this.purgeState.run({ orgId, channel, from: change.prefix, to: `${change.prefix.slice(0, -1)}${String.fromCharCode(change.prefix.charCodeAt(change.prefix.length - 1) + 1)}` })
+        return
+    }
   }
 
   lastSeq(): number {

@@ -371,6 +371,7 @@ describe('request', () => {
         lastSeq: 3,
         epoch,
         subscriptions: ['agent:a', 'task:b'],
+        entities: { 'agent:a': 0, 'task:b': 0 },
       },
     })
     const otherStats = await request(other, 'stats')

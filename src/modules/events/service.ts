@@ -2,8 +2,9 @@ import type { Principal } from '../../auth'
 import { ApiError, badRequest, forbidden } from '../../errors'
 import type { Logger } from '../../log'
 import { ChannelDerivationError, deriveChannels, orgOfChannel } from '../../model/channels'
+import { stateChangeOf } from '../../model/state'
 import type { EventInput } from '../../model/events'
-import type { HistoryPage, IngestResult } from '../../model/http'
+import type { ChannelState, HistoryPage, IngestResult } from '../../model/http'
 import type { Broker } from '../../realtime/broker'
 import { wireEvent } from '../../realtime/frames'
 import type { EventStore, NewEvent } from '../../store/event-store'
@@ -105,6 +106,13 @@ export class EventService {
     }
   }
 
+  /** A channel's current state, as `GET /api/channels/:channelId/state` answers it. */
+  channelState(principal: Principal, channelId: string): ChannelState {
+    this.authorizeChannel(principal, channelId, 'channelId')
+    const { seq, entities } = this.store.snapshot(principal.orgId, channelId)
+    return { channelId, seq, epoch: this.store.epoch, entities: entities.map((event) => wireEvent(event, channelId)) }
+  }
+
   /** `org:<id>` channels belong to their organisation only. */
   authorizeChannel(principal: Principal, channel: string, field: string): void {
     const owner = orgOfChannel(channel)
@@ -138,6 +146,8 @@ export class EventService {
       receivedAt: this.now(),
       payload: JSON.stringify(input.payload),
       channels,
+      key: input.key ?? null,
+      state: stateChangeOf(input.type, input.payload, input.key),
     }
   }
 }
