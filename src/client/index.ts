@@ -4,6 +4,7 @@
  */
 export { createRealtimeClient, type RealtimeClient, type RealtimeClientOptions, type SubscribeOptions } from './realtime-client'
 export { RealtimeHttpError } from './http'
+export type { LiveChange, LiveChannel, LiveSnapshot } from './live'
 export { backoffDelay, type BackoffOptions, DEFAULT_BACKOFF } from './backoff'
 export { type Clock, systemClock } from './clock'
 export type { ConnectionInfo, ConnectionStatus, CustomTypes, KnownFrame, OtherFrame } from './types'

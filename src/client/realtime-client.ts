@@ -1,9 +1,10 @@
 import { isCatalogueType } from '../model/events'
 import { isChannelId } from '../model/channels'
-import type { HistoryPage, IngestBody, IngestResult, HealthBody, PresenceEntry } from '../model/http'
+import type { ChannelState, HistoryPage, IngestBody, IngestResult, HealthBody, PresenceEntry } from '../model/http'
 import { type BackoffOptions, backoffDelay, DEFAULT_BACKOFF } from './backoff'
 import { type Clock, systemClock } from './clock'
 import { createHttp, type Http, unwrap } from './http'
+import { type LiveChannel, LiveStore } from './live'
 import type { ConnectionInfo, ConnectionStatus, CustomTypes, KnownFrame, OtherFrame } from './types'
 
 /** Close codes after which retrying cannot help: a refused token, or a session replaced elsewhere. */
@@ -73,6 +74,13 @@ export interface RealtimeClient<C extends CustomTypes = {}> {
   onState(listener: (state: ConnectionInfo) => void): () => void
   /** The last seq delivered on a channel (0 before any), or undefined when not subscribed. */
   cursor(channelId: string): number | undefined
+  /**
+   * The channel's state (the latest event of every entity), kept current from its event stream and
+   * re-fetched when events were lost. `getSnapshot`/`subscribe` fit React's useSyncExternalStore.
+   */
+  live(channelId: string): LiveChannel<C>
+  /** GET /api/channels/:channelId/state. */
+  channelState(channelId: string): Promise<ChannelState>
   /** Closes for good: no reconnect, pending requests rejected, timers cleared. */
   close(): void
 }
@@ -80,6 +88,8 @@ export interface RealtimeClient<C extends CustomTypes = {}> {
 interface Handler {
   known: (event: never) => void
   other?: (frame: OtherFrame) => void
+  /** Called when the channel's cursor first becomes known, and when events were lost (truncated). */
+  resync?: () => void
 }
 
 interface Subscription {
@@ -151,7 +161,26 @@ class Client<C extends CustomTypes> implements RealtimeClient<C> {
   subscribe(channelId: string, handler: (event: KnownFrame<C>) => void, options: SubscribeOptions = {}): () => void {
     if (!isChannelId(channelId)) throw new TypeError(`invalid channel id ${JSON.stringify(channelId)}`)
     if (this.closedByUser) throw new Error('the client is closed')
-    const entry: Handler = { known: handler as (event: never) => void, other: options.onOther }
+    return this.addHandler(channelId, { known: handler as (event: never) => void, other: options.onOther }, options)
+  }
+
+  live(channelId: string): LiveChannel<C> {
+    if (!isChannelId(channelId)) throw new TypeError(`invalid channel id ${JSON.stringify(channelId)}`)
+    if (this.closedByUser) throw new Error('the client is closed')
+    let stop = () => {}
+    const store = new LiveStore<C>(() => this.channelState(channelId), this.clock, () => stop())
+    const take = (frame: OtherFrame) => store.event(frame)
+    stop = this.addHandler(channelId, { known: take as (event: never) => void, other: take, resync: () => void store.resync() }, {})
+    // Joining a channel whose stream already has a cursor: the state can be fetched now.
+    if (this.subs.get(channelId)?.lastSeq != null) void store.resync()
+    return store
+  }
+
+  async channelState(channelId: string): Promise<ChannelState> {
+    return unwrap(await this.http.api.channels({ channelId }).state.get()) as ChannelState
+  }
+
+  private addHandler(channelId: string, entry: Handler, options: SubscribeOptions): () => void {
     let sub = this.subs.get(channelId)
     if (!sub) {
       sub = { handlers: new Set(), lastSeq: options.since ?? null, epoch: options.epoch }
@@ -326,10 +355,17 @@ class Client<C extends CustomTypes> implements RealtimeClient<C> {
     sub.epoch = frame.epoch
     // The server says where its replay starts (it restarts from 0 when our cursor is void there),
     // or, for a live-only subscription, the newest seq at the moment it subscribed.
+    const hadCursor = sub.lastSeq !== null
     if (typeof frame.since === 'number') sub.lastSeq = frame.since
     else if (sub.lastSeq === null && typeof frame.lastSeq === 'number') sub.lastSeq = frame.lastSeq
     if (frame.epoch !== this.snapshot.epoch) this.emit({ epoch: frame.epoch })
     if (frame.truncated) this.options.onTruncated?.(frame.channelId)
+    if (frame.truncated || (!hadCursor && sub.lastSeq !== null)) this.resync(sub)
+  }
+
+  /** Tells state-keeping handlers (live stores) to fetch the channel's state again. */
+  private resync(sub: Subscription): void {
+    for (const handler of [...sub.handlers]) handler.resync?.()
   }
 
   /** Hands an event to its channel's handlers once: a seq at or below the cursor was delivered already. */
@@ -483,7 +519,10 @@ class Client<C extends CustomTypes> implements RealtimeClient<C> {
     if (sub.lastSeq === null) {
       // A live-only subscription: start from the newest event, as a socket subscription would.
       const page = await this.page(channelId, 0, 1)
-      if (this.subs.get(channelId) === sub && sub.lastSeq === null) sub.lastSeq = page.lastSeq
+      if (this.subs.get(channelId) === sub && sub.lastSeq === null) {
+        sub.lastSeq = page.lastSeq
+        this.resync(sub)
+      }
       return 0
     }
     let delivered = 0
@@ -494,6 +533,7 @@ class Client<C extends CustomTypes> implements RealtimeClient<C> {
         // The page starts from the oldest stored event: accept it whatever our cursor said.
         sub.lastSeq = Math.min(sub.lastSeq ?? 0, (page.events[0]?.seq ?? 1) - 1)
         this.options.onTruncated?.(channelId)
+        this.resync(sub)
       }
       sub.epoch = page.epoch
       if (page.epoch !== this.snapshot.epoch) this.emit({ epoch: page.epoch })

@@ -11,6 +11,8 @@ interface FrameFields {
   orgId: string
   userId: string
   timestamp: number
+  /** Present when the event was ingested with an explicit entity key. */
+  key?: string
 }
 
 /**
