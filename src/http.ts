@@ -125,7 +125,8 @@ export const httpErrors = (maxBodyBytes: number, log: Logger) =>
           set.status = 400
           const issue = reportedIssue((thrown.valueError ?? { message: 'invalid value' }) as unknown as Issue, thrown.value)
           const where = thrown.type === 'query' ? 'query' : undefined
-          return errorBody(thrown.type === 'query' ? 'invalid_query' : 'invalid_body', describeIssue({ path: issue.path ?? [], message: issue.message }, where))
+          const code = thrown.type === 'query' ? 'invalid_query' : thrown.type === 'params' ? 'invalid_path' : 'invalid_body'
+          return errorBody(code, describeIssue({ path: issue.path ?? [], message: issue.message }, where))
         }
         case 'PARSE':
           set.status = 400

@@ -47,11 +47,11 @@ export class RetentionJob {
     const cutoff = this.now() - this.retentionMs
     const started = performance.now()
     let total = 0
-    for (;;) {
-      if (this.stopped) break
-      const pruned = this.store.pruneBefore(cutoff, PRUNE_CHUNK)
+    for (let after = 0; !this.stopped; ) {
+      const { pruned, next } = this.store.pruneBefore(cutoff, after, PRUNE_CHUNK)
       total += pruned
-      if (pruned < PRUNE_CHUNK) break
+      if (next === null) break
+      after = next
       await new Promise((resolve) => setImmediate(resolve))
     }
     if (total > 0) {

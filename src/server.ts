@@ -30,6 +30,8 @@ export interface PublishInput {
   userId?: string
   timestamp?: number
   channels?: string[]
+  /** The entity the event describes, for channel state (see model/state.ts). */
+  key?: string
 }
 
 export interface RealtimeServer {

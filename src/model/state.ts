@@ -40,6 +40,9 @@ const DELETING = new Set<string>(['task.deleted', 'bookmark.deleted', 'tasks.pur
 
 export const STATE_KEY_MAX_LENGTH = 256
 
+/** Whether events of this type delete entities (whatever their payload or explicit key). */
+export const isDeletingType = (type: string) => DELETING.has(type)
+
 /**
  * What an event does to its channels' state:
  * - `set`: `key` now maps to this event;

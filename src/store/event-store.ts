@@ -25,10 +25,15 @@ export interface EventStore {
   /** The highest seq ever pruned from a channel (or, with channel undefined, the organisation); 0 if none. */
   prunedThrough(orgId: string, channel?: string): number
   /**
-   * Removes up to `limit` events with timestamp < cutoff, oldest first, except the latest event of
-   * every entity in a channel's state; returns how many it removed.
+   * One step of retention: examines up to `limit` events with timestamp < cutoff and seq > after,
+   * ascending. Each such event leaves every channel where it is not the latest event of a live
+   * entity, and the log once it is in no channel. A deleting event (task.deleted, …) is kept while
+   * it comes at or after the first event that has not expired: an earlier event of what it deleted
+   * may still be there, and what remains of a channel must always replay to the same state.
+   * Returns the events removed and the `after` of the next step, or null when the log has been
+   * examined to the end.
    */
-  pruneBefore(cutoff: number, limit: number): number
+  pruneBefore(cutoff: number, after: number, limit: number): { pruned: number; next: number | null }
   /**
    * A channel's state: the latest event of every live entity, ascending by seq, and the seq the
    * state is complete up to (events after it are not in it).

@@ -1,7 +1,7 @@
-import { and, asc, count, eq, gt, gte, inArray, lt, notExists, sql } from 'drizzle-orm'
+import { and, asc, count, eq, gt, gte, inArray, lt, sql } from 'drizzle-orm'
 import type { OpenedDatabase } from '../db/client'
 import { channelState, eventChannels, events, meta, pruneMarks } from '../db/schema'
-import { type StateChange, stateChangeOf } from '../model/state'
+import { isDeletingType, type StateChange, stateChangeOf } from '../model/state'
 import type { EventStore, NewEvent, StoredEvent } from './event-store'
 
 /** Bumped when the rules of model/state.ts change: the state is then rebuilt from the log. */
@@ -29,6 +29,10 @@ export class SqliteEventStore implements EventStore {
   private readonly deleteEvent
   private readonly deleteChannel
   private readonly raiseMark
+  private readonly selectHorizon
+  private horizon: { cutoff: number; seq: number } | undefined
+  private readonly selectLive
+  private readonly selectRow
   private readonly setState
   private readonly deleteState
   private readonly purgeState
@@ -86,17 +90,22 @@ export class SqliteEventStore implements EventStore {
       .where(and(eq(pruneMarks.orgId, p('orgId')), eq(pruneMarks.channel, p('channel'))))
       .prepare()
     this.selectExpired = db
-      .select({ seq: events.seq, orgId: events.orgId, channels: events.channels })
+      .select({ seq: events.seq, orgId: events.orgId, channels: events.channels, type: events.type })
       .from(events)
-      .where(
-        and(
-          lt(events.timestamp, p('cutoff')),
-          // The latest event of a live entity outlives retention.
-          notExists(db.select({ one: sql`1` }).from(channelState).where(eq(channelState.seq, events.seq))),
-        ),
-      )
-      .orderBy(asc(events.timestamp))
+      .where(and(gt(events.seq, p('after')), lt(events.timestamp, p('cutoff'))))
+      .orderBy(asc(events.seq))
       .limit(p('limit'))
+      .prepare()
+    this.selectHorizon = sqlite.query<{ seq: number | null }, [number]>('SELECT min(seq) AS seq FROM events WHERE timestamp >= ?')
+    this.selectLive = db
+      .select({ one: sql`1` })
+      .from(channelState)
+      .where(and(eq(channelState.seq, p('seq')), eq(channelState.orgId, p('orgId')), eq(channelState.channel, p('channel'))))
+      .prepare()
+    this.selectRow = db
+      .select({ one: sql`1` })
+      .from(eventChannels)
+      .where(and(eq(eventChannels.orgId, p('orgId')), eq(eventChannels.channel, p('channel')), eq(eventChannels.seq, p('seq'))))
       .prepare()
     this.deleteEvent = db.delete(events).where(eq(events.seq, p('seq'))).prepare()
     this.deleteChannel = db
@@ -188,21 +197,43 @@ export class SqliteEventStore implements EventStore {
     return this.selectMark.get({ orgId, channel: channel ?? WHOLE_ORG })?.prunedSeq ?? 0
   }
 
-  pruneBefore(cutoff: number, limit: number): number {
-    const pruned = this.database.sqlite.transaction(() => {
-      const expired = this.selectExpired.all({ cutoff, limit })
-      for (const { seq, orgId, channels } of expired) {
+  pruneBefore(cutoff: number, after: number, limit: number): { pruned: number; next: number | null } {
+    const result = this.database.sqlite.transaction(() => {
+      const horizon = this.horizonFor(cutoff)
+      const expired = this.selectExpired.all({ cutoff, after, limit })
+      let pruned = 0
+      for (const { seq, orgId, channels, type } of expired) {
+        if (seq >= horizon && isDeletingType(type)) continue
+        let kept = 0
         for (const channel of JSON.parse(channels) as string[]) {
+          // The latest event of a live entity outlives retention, in the channels where it is that.
+          if (this.selectLive.get({ seq, orgId, channel })) {
+            kept++
+            continue
+          }
           this.deleteChannel.run({ orgId, channel, seq })
           this.raiseMark.run({ orgId, channel, seq })
         }
+        if (kept > 0) continue
         this.raiseMark.run({ orgId, channel: WHOLE_ORG, seq })
         this.deleteEvent.run({ seq })
+        pruned++
       }
-      return expired.length
+      return { pruned, next: expired.length < limit ? null : expired.at(-1)!.seq }
     })()
-    this.stored -= pruned
-    return pruned
+    this.stored -= result.pruned
+    return result
+  }
+
+  /**
+   * The seq of the first event not expired at `cutoff`. It only grows while a prune runs (new
+   * events come after it), so it is read once per cutoff rather than once per chunk.
+   */
+  private horizonFor(cutoff: number): number {
+    if (this.horizon?.cutoff !== cutoff) {
+      this.horizon = { cutoff, seq: this.selectHorizon.get(cutoff)?.seq ?? Number.MAX_SAFE_INTEGER }
+    }
+    return this.horizon.seq
   }
 
   snapshot(orgId: string, channel: string): { seq: number; entities: StoredEvent[] } {
@@ -237,7 +268,10 @@ export class SqliteEventStore implements EventStore {
         for (const row of rows) {
           const change = stateChangeOf(row.type, JSON.parse(row.payload) as Record<string, unknown>, row.key)
           if (!change) continue
-          for (const channel of JSON.parse(row.channels) as string[]) this.applyState(row.orgId, channel, change, row.seq)
+          for (const channel of JSON.parse(row.channels) as string[]) {
+            // Only the channels the event is still in: retention may have taken it out of others.
+            if (this.selectRow.get({ orgId: row.orgId, channel, seq: row.seq })) this.applyState(row.orgId, channel, change, row.seq)
+          }
         }
         if (rows.length < REBUILD_CHUNK) break
         after = rows.at(-1)!.seq

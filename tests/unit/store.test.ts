@@ -64,7 +64,7 @@ describe('SqliteEventStore', () => {
     const path = join(dir, 'x.db')
     const store = new SqliteEventStore(openDatabase(path))
     const old = store.append([newEvent({ timestamp: 1 }), newEvent({ timestamp: 2 })]) as StoredEvent[]
-    expect(store.pruneBefore(10, 100)).toBe(2)
+    expect(store.pruneBefore(10, 0, 100)).toEqual({ pruned: 2, next: null })
     expect(store.count()).toBe(0)
     expect(store.prunedThrough('acme', 'agent:a')).toBe(old[1]!.seq)
     expect(store.prunedThrough('acme')).toBe(old[1]!.seq)
@@ -79,15 +79,39 @@ describe('SqliteEventStore', () => {
     expect(next!.seq).toBeGreaterThan(old[1]!.seq)
   })
 
-  test('pruning goes in chunks, oldest first, and leaves recent events', () => {
+  test('pruning goes in chunks, in seq order, and leaves recent events', () => {
     const store = openStore()
-    store.append(Array.from({ length: 25 }, (_, i) => newEvent({ timestamp: 100 + i })))
+    const old = store.append(Array.from({ length: 25 }, (_, i) => newEvent({ timestamp: 100 + i }))) as StoredEvent[]
     store.append([newEvent({ timestamp: Date.now() })])
-    expect(store.pruneBefore(1000, 10)).toBe(10)
-    expect(store.pruneBefore(1000, 10)).toBe(10)
-    expect(store.pruneBefore(1000, 10)).toBe(5)
-    expect(store.pruneBefore(1000, 10)).toBe(0)
+    expect(store.pruneBefore(1000, 0, 10)).toEqual({ pruned: 10, next: old[9]!.seq })
+    expect(store.pruneBefore(1000, old[9]!.seq, 10)).toEqual({ pruned: 10, next: old[19]!.seq })
+    expect(store.pruneBefore(1000, old[19]!.seq, 10)).toEqual({ pruned: 5, next: null })
     expect(store.count()).toBe(1)
+  })
+
+  test('a deletion at or after the first unexpired event is kept, so it never goes before what it deleted', () => {
+    const store = openStore()
+    const saved = { type: 'bookmark.saved', payload: '{"bookmarkId":"b1"}', state: { op: 'set' as const, key: 'bookmark:b1' } }
+    const deleted = { type: 'bookmark.deleted', payload: '{"bookmarkId":"b1"}', state: { op: 'delete' as const, keys: ['bookmark:b1'] } }
+    // A recent save, then its deletion stamped with an old time by a producer whose clock is behind.
+    store.append([newEvent({ ...saved, timestamp: Date.now() }), newEvent({ ...deleted, timestamp: 1 })])
+    expect(store.pruneBefore(1000, 0, 10)).toEqual({ pruned: 0, next: null })
+    expect(store.count()).toBe(2)
+    expect(store.snapshot('acme', 'agent:a').entities).toEqual([])
+  })
+
+  test('an event leaves the channels where it is not live state, and stays where it is', () => {
+    const store = openStore()
+    const task = '{"taskId":"t1","title":"x","projectId":"p"}'
+    const created = newEvent({ channels: ['project:p', 'project:q'], type: 'task.created', payload: task, timestamp: 1, state: { op: 'set', key: 'task:t1' } })
+    const deleted = newEvent({ channels: ['project:p'], type: 'task.deleted', payload: task, timestamp: 2, state: { op: 'delete', keys: ['task:t1'] } })
+    const [first] = store.append([created, deleted]) as StoredEvent[]
+    expect(store.pruneBefore(1000, 0, 10)).toEqual({ pruned: 1, next: null })
+    expect(store.readChannel('acme', 'project:p', 0, 10)).toEqual([])
+    expect(store.readChannel('acme', 'project:q', 0, 10).map((e) => e.seq)).toEqual([first!.seq])
+    store.rebuildState()
+    expect(store.snapshot('acme', 'project:p').entities).toEqual([])
+    expect(store.snapshot('acme', 'project:q').entities.map((e) => e.seq)).toEqual([first!.seq])
   })
 
   test('a new database gets a fresh epoch', () => {
