@@ -10,8 +10,10 @@ import type { EventService } from './modules/events/service'
 import { healthModule } from './modules/health'
 import { presenceModule } from './modules/presence'
 import { realtimeModule } from './modules/realtime'
+import { rpcModule } from './modules/rpc'
 import type { Hub } from './realtime/hub'
 import type { Presence } from './realtime/presence'
+import type { RpcRouter } from './realtime/rpc'
 import type { EventStore } from './store/event-store'
 
 export interface AppDeps {
@@ -19,6 +21,7 @@ export interface AppDeps {
   store: EventStore
   hub: Hub
   presence: Presence
+  rpc: RpcRouter
   events: EventService
   auth: Authenticator
   /** The per-credential HTTP limit; null when REALTIME_HTTP_RATE_LIMIT is off. */
@@ -49,10 +52,12 @@ export function createApp(deps: AppDeps) {
     .use(gate.plugin)
     .use(eventsModule(deps.events, gate))
     .use(presenceModule(deps.presence, gate))
+    .use(rpcModule(deps.rpc, gate))
     .use(
       realtimeModule({
         hub: deps.hub,
         presence: deps.presence,
+        rpc: deps.rpc,
         store: deps.store,
         events: deps.events,
         auth: deps.auth,

@@ -50,6 +50,7 @@ export const WsErrorCode = {
   NotSubscribed: 'not_subscribed',
   NotAuthenticated: 'not_authenticated',
   TooManySubscriptions: 'too_many_subscriptions',
+  UnknownCall: 'unknown_call',
   Internal: 'internal_error',
 } as const
 

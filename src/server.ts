@@ -11,6 +11,7 @@ import { EventService } from './modules/events/service'
 import { LocalBroker } from './realtime/broker'
 import { Hub } from './realtime/hub'
 import { Presence } from './realtime/presence'
+import { RpcRouter } from './realtime/rpc'
 import { RetentionJob } from './retention'
 import { KeyedRateLimiter } from './rate-limit'
 import { ApiKeyStore } from './store/api-key-store'
@@ -64,6 +65,7 @@ export function createRealtimeServer(options: RealtimeServerOptions = {}): Realt
   const apiKeys = new ApiKeyStore(database)
   const hub = new Hub()
   const presence = new Presence()
+  const rpc = new RpcRouter()
   const broker = new LocalBroker((events) => hub.deliver(events))
   const events = new EventService(store, broker, log)
   const auth = createAuthenticator(config.auth, apiKeys)
@@ -77,7 +79,7 @@ export function createRealtimeServer(options: RealtimeServerOptions = {}): Realt
     eventsStored: store.count(),
     uptime: Math.floor((Date.now() - startedAt) / 1000),
   })
-  const app = createApp({ config, store, hub, presence, events, auth, httpLimiter, log, health })
+  const app = createApp({ config, store, hub, presence, rpc, events, auth, httpLimiter, log, health })
   let port = 0
   let slowConsumerSweep: ReturnType<typeof setInterval> | undefined
   let state: 'new' | 'running' | 'stopping' | 'stopped' = 'new'

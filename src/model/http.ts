@@ -92,4 +92,15 @@ export interface PresenceEntry {
   lastSeen: number
   /** A WebSocket of this client is open now. */
   socketOpen: boolean
+  /** The methods its open socket answers (announced with `hello`). */
+  methods?: string[]
 }
+
+/** `POST /api/rpc`: a service calls a client of a user (an API key names the user; a JWT is the user). */
+export const rpcBody = z.object({
+  target: z.string().min(1).max(128),
+  method: z.string().min(1).max(128),
+  payload: z.unknown().optional(),
+  timeoutMs: z.number().int().min(1).max(120_000).optional(),
+  userId: z.string().min(1).max(128).optional(),
+})

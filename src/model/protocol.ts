@@ -41,12 +41,45 @@ export const requestMessage = z.object({
   payload: z.record(z.string(), z.unknown()).optional(),
 })
 
+/**
+ * Announces this connection for calls from the user's other clients: its id, a kind (`desktop`,
+ * `web`, …) that callers may target instead, and the methods it answers. Sent again to change them.
+ */
+export const helloMessage = z.object({
+  type: z.literal('hello'),
+  clientId: z.string().min(1).max(128),
+  kind: z.string().min(1).max(64).optional(),
+  methods: z.array(z.string().min(1).max(128)).max(256).default([]),
+})
+
+/** Calls `method` on another connection of the same user (`target`: its clientId, or a kind). */
+export const callMessage = z.object({
+  type: z.literal('call'),
+  id: z.string().min(1).max(128),
+  target: z.string().min(1).max(128),
+  method: z.string().min(1).max(128),
+  payload: z.unknown().optional(),
+  timeoutMs: z.number().int().min(1).max(120_000).optional(),
+})
+
+/** A called connection's answer; `id` is the id of the `call` it received. */
+export const resultMessage = z.object({
+  type: z.literal('result'),
+  id: z.string().min(1).max(128),
+  success: z.boolean(),
+  data: z.unknown().optional(),
+  error: z.string().max(10_000).optional(),
+})
+
 export const clientMessage = z.discriminatedUnion('type', [
   authMessage,
   subscribeMessage,
   unsubscribeMessage,
   pingMessage,
   requestMessage,
+  helloMessage,
+  callMessage,
+  resultMessage,
 ])
 export type ClientMessage = z.infer<typeof clientMessage>
 export const CLIENT_MESSAGE_TYPES = clientMessage.options.map((option) => option.shape.type.value)
@@ -84,3 +117,10 @@ export type ServerMessage =
   | { type: 'response'; requestId: string; success: true; data: unknown }
   | { type: 'response'; requestId: string; success: false; error: string }
   | { type: 'error'; code: string; message: string; channelId?: string; requestId?: string }
+  /** The answer to `hello`. */
+  | { type: 'welcome'; clientId: string; kind?: string; methods: string[] }
+  /** A call for this connection: answer with `result` carrying the same `id`. */
+  | { type: 'call'; id: string; method: string; payload: unknown; from: { userId: string; clientId?: string; kind?: string } }
+  /** The outcome of this connection's `call` with that `id`. */
+  | { type: 'result'; id: string; success: true; data: unknown }
+  | { type: 'result'; id: string; success: false; code: string; error: string }

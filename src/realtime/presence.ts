@@ -4,9 +4,10 @@ import type { PresenceEntry } from '../model/http'
 /** A client counts as present while it was seen within this window or has a socket open. */
 export const PRESENCE_WINDOW_MS = 60_000
 
-interface Entry extends Omit<PresenceEntry, 'socketOpen'> {
+interface Entry extends Omit<PresenceEntry, 'socketOpen' | 'methods'> {
   orgId: string
   sockets: number
+  methods?: string[]
 }
 
 /**
@@ -37,20 +38,29 @@ export class Presence {
     if (!entry) return
     entry.sockets = Math.max(0, entry.sockets - 1)
     entry.lastSeen = this.now()
+    if (entry.sockets === 0) entry.methods = undefined
   }
 
-  /** The organisation's present clients, most recently seen first. */
-  list(orgId: string): PresenceEntry[] {
+  /** What a socket announced with `hello`: its kind and the methods it answers. */
+  describe(principal: Principal, clientId: string, kind: string | undefined, methods: string[]): void {
+    const entry = this.entry(principal, clientId)
+    if (kind !== undefined) entry.kind = kind
+    entry.methods = methods
+  }
+
+  /** Present clients of an organisation (of one user, when `userId` is given), most recently seen first. */
+  list(orgId: string, userId?: string): PresenceEntry[] {
     this.sweep()
     return [...this.entries.values()]
-      .filter((entry) => entry.orgId === orgId)
+      .filter((entry) => entry.orgId === orgId && (userId === undefined || entry.userId === userId))
       .sort((a, b) => b.lastSeen - a.lastSeen)
-      .map(({ userId, clientId, kind, lastSeen, sockets }) => ({
+      .map(({ userId, clientId, kind, lastSeen, sockets, methods }) => ({
         userId,
         clientId,
         ...(kind === undefined ? {} : { kind }),
         lastSeen,
         socketOpen: sockets > 0,
+        ...(methods === undefined ? {} : { methods }),
       }))
   }
 

@@ -10,6 +10,8 @@ import {
   clientMessage,
   historyRequest,
   type ServerMessage,
+  type callMessage,
+  type helloMessage,
   type subscribeMessage,
 } from '../model/protocol'
 import type { EventService, Replay } from '../modules/events/service'
@@ -18,6 +20,7 @@ import type { EventStore, StoredEvent } from '../store/event-store'
 import { eventFrame } from './frames'
 import type { Hub, Socket } from './hub'
 import type { Presence } from './presence'
+import type { Caller, Endpoint, RpcRouter } from './rpc'
 
 /** Events per replay page; between pages the session yields, and waits for the socket to drain. */
 export const REPLAY_PAGE = 500
@@ -32,6 +35,7 @@ type SubscribeMessage = z.infer<typeof subscribeMessage>
 export interface SessionDeps {
   hub: Hub
   presence: Presence
+  rpc: RpcRouter
   store: EventStore
   events: EventService
   auth: Authenticator
@@ -54,6 +58,10 @@ export class Session {
   private drainWaiters: Array<() => void> = []
   private isClosed = false
   private clientId: string | undefined
+  /** Set once the connection announced itself with `hello`: it can then be called. */
+  private endpoint: (Endpoint & { kind?: string; methods: Set<string> }) | undefined
+  /** Who this connection is as a caller before it says `hello`. */
+  private readonly caller: Caller = {}
   /**
    * Messages are handled one after another, each after the previous one's authentication has
    * settled, so `auth` followed at once by `subscribe` works. Replays run beside the inbox.
@@ -122,6 +130,15 @@ export class Session {
         return this.unsubscribe(message.channelId)
       case 'request':
         return this.request(message.id, message.action, message.payload ?? {})
+      case 'hello':
+        return this.hello(message)
+      case 'call':
+        return this.call(message)
+      case 'result':
+        if (!this.endpoint || !this.deps.rpc.result(this.endpoint, message.id, message)) {
+          this.error(WsErrorCode.UnknownCall, `no call ${JSON.stringify(message.id)} is waiting for this connection's result (answered already, timed out, or never made)`)
+        }
+        return
     }
   }
 
@@ -160,6 +177,8 @@ export class Session {
     this.drained()
     this.deps.hub.remove(this.socket)
     if (this.principal && this.clientId) this.deps.presence.socketClosed(this.principal, this.clientId)
+    if (this.principal && this.endpoint) this.deps.rpc.withdraw(this.principal, this.endpoint)
+    this.deps.rpc.callerGone(this.endpoint ?? this.caller)
   }
 
   private async authenticate(token: string): Promise<void> {
@@ -267,6 +286,39 @@ export class Session {
       }
       await this.roomToSend()
     }
+  }
+
+  /** Announces (or re-announces) this connection for calls; pending calls to it stay valid. */
+  private hello(message: z.infer<typeof helloMessage>): void {
+    const principal = this.principal!
+    const { presence, rpc } = this.deps
+    if (this.clientId !== message.clientId) {
+      if (this.clientId) presence.socketClosed(principal, this.clientId)
+      presence.socketOpened(principal, message.clientId)
+      this.clientId = message.clientId
+    }
+    if (this.endpoint?.clientId === message.clientId) {
+      this.endpoint.kind = message.kind
+      this.endpoint.methods = new Set(message.methods)
+    } else {
+      if (this.endpoint) rpc.withdraw(principal, this.endpoint)
+      this.endpoint = {
+        clientId: message.clientId,
+        kind: message.kind,
+        methods: new Set(message.methods),
+        deliver: (call) => this.send({ type: 'call', id: call.callId, method: call.method, payload: call.payload ?? null, from: call.from }),
+      }
+    }
+    rpc.announce(principal, this.endpoint)
+    presence.describe(principal, message.clientId, message.kind, message.methods)
+    this.send({ type: 'welcome', clientId: message.clientId, ...(message.kind ? { kind: message.kind } : {}), methods: message.methods })
+  }
+
+  private call(message: z.infer<typeof callMessage>): void {
+    const { id, target, method, payload, timeoutMs } = message
+    this.deps.rpc.call(this.principal!, this.endpoint ?? this.caller, { target, method, payload, timeoutMs }, (result) =>
+      this.send({ type: 'result', id, ...result }),
+    )
   }
 
   private unsubscribe(channelId: string): void {

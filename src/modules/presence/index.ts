@@ -15,4 +15,7 @@ export const presenceModule = (presence: Presence, gate: ApiGate) =>
       },
       { body: heartbeatBody },
     )
-    .get('/api/presence', ({ principal }) => ({ clients: presence.list(principal.orgId) }))
+    // A user sees their own clients; a service (API key) sees the whole organisation's.
+    .get('/api/presence', ({ principal }) => ({
+      clients: presence.list(principal.orgId, principal.credential?.startsWith('key:') ? undefined : principal.userId),
+    }))
