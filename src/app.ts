@@ -11,9 +11,11 @@ import { healthModule } from './modules/health'
 import { presenceModule } from './modules/presence'
 import { realtimeModule } from './modules/realtime'
 import { rpcModule } from './modules/rpc'
+import { streamModule } from './modules/stream'
 import type { Hub } from './realtime/hub'
 import type { Presence } from './realtime/presence'
 import type { RpcRouter } from './realtime/rpc'
+import type { Streams } from './realtime/sse'
 import type { EventStore } from './store/event-store'
 
 export interface AppDeps {
@@ -22,6 +24,7 @@ export interface AppDeps {
   hub: Hub
   presence: Presence
   rpc: RpcRouter
+  streams: Streams
   events: EventService
   auth: Authenticator
   /** The per-credential HTTP limit; null when REALTIME_HTTP_RATE_LIMIT is off. */
@@ -53,6 +56,7 @@ export function createApp(deps: AppDeps) {
     .use(eventsModule(deps.events, gate))
     .use(presenceModule(deps.presence, gate))
     .use(rpcModule(deps.rpc, gate))
+    .use(streamModule(deps.streams, deps.events, gate, config.maxStreamsPerCredential))
     .use(
       realtimeModule({
         hub: deps.hub,

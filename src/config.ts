@@ -32,6 +32,10 @@ export interface Config {
   maxConnectionsPerUser: number
   /** Channels one socket may be subscribed to at once. */
   maxSubscriptions: number
+  /** Server-Sent Events streams open at once per credential; past it → 429. */
+  maxStreamsPerCredential: number
+  /** How often an idle SSE stream gets a comment line, so proxies keep it open. */
+  sseKeepAliveMs: number
   /** Bytes queued for a socket that stopped reading before it is closed with 4008. */
   slowConsumerBytes: number
   maxBodyBytes: number
@@ -70,6 +74,8 @@ const envSchema = z.object({
   REALTIME_MAX_CONNECTIONS: integer(1).default(10_000),
   REALTIME_MAX_CONNECTIONS_PER_USER: integer(1).default(1000),
   REALTIME_MAX_SUBSCRIPTIONS: integer(1).default(1000),
+  REALTIME_MAX_STREAMS_PER_CREDENTIAL: integer(1).default(20),
+  REALTIME_SSE_KEEPALIVE_MS: integer(100).default(15_000),
   REALTIME_SLOW_CONSUMER_BYTES: integer(65_536).default(8 * 1024 * 1024),
   REALTIME_MAX_BODY_BYTES: integer(1024).default(1_048_576),
   REALTIME_MAX_FRAME_BYTES: integer(256).default(65_536),
@@ -123,6 +129,8 @@ export function loadConfig(env: Record<string, string | undefined>, argv: readon
     maxConnections: s.REALTIME_MAX_CONNECTIONS,
     maxConnectionsPerUser: s.REALTIME_MAX_CONNECTIONS_PER_USER,
     maxSubscriptions: s.REALTIME_MAX_SUBSCRIPTIONS,
+    maxStreamsPerCredential: s.REALTIME_MAX_STREAMS_PER_CREDENTIAL,
+    sseKeepAliveMs: s.REALTIME_SSE_KEEPALIVE_MS,
     slowConsumerBytes: s.REALTIME_SLOW_CONSUMER_BYTES,
     maxBodyBytes: s.REALTIME_MAX_BODY_BYTES,
     maxFrameBytes: s.REALTIME_MAX_FRAME_BYTES,

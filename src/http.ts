@@ -13,6 +13,11 @@ export function bearerToken(header: string | undefined): string | undefined {
 
 /** The HTTP API behind credentials: `/ingest` and everything under `/api/`. */
 const isApiPath = (path: string) => path === '/ingest' || path.startsWith('/api/')
+/**
+ * Where `?token=` is accepted instead of the Authorization header: a browser's EventSource cannot
+ * send headers. A token in a URL can end up in proxy logs, so only there.
+ */
+const QUERY_TOKEN_PATHS = new Set(['/api/events/stream'])
 
 /**
  * Authenticates API requests and counts them against the per-credential rate limit before their
@@ -22,10 +27,14 @@ const isApiPath = (path: string) => path === '/ingest' || path.startsWith('/api/
 export function createApiGate(auth: Authenticator, limiter: KeyedRateLimiter | null) {
   const principals = new WeakMap<Request, Principal>()
   const plugin = new Elysia({ name: 'api-gate' }).onRequest(async ({ request, set }) => {
-    if (!isApiPath(new URL(request.url).pathname)) return
+    const url = new URL(request.url)
+    if (!isApiPath(url.pathname)) return
     let principal: Principal
     try {
-      principal = await auth.authenticate(bearerToken(request.headers.get('authorization') ?? undefined))
+      const token =
+        bearerToken(request.headers.get('authorization') ?? undefined) ??
+        (QUERY_TOKEN_PATHS.has(url.pathname) ? (url.searchParams.get('token') ?? undefined) : undefined)
+      principal = await auth.authenticate(token)
     } catch (error) {
       if (!(error instanceof AuthError)) throw error
       set.status = 401

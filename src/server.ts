@@ -12,6 +12,7 @@ import { LocalBroker } from './realtime/broker'
 import { Hub } from './realtime/hub'
 import { Presence } from './realtime/presence'
 import { RpcRouter } from './realtime/rpc'
+import { Streams } from './realtime/sse'
 import { RetentionJob } from './retention'
 import { KeyedRateLimiter } from './rate-limit'
 import { ApiKeyStore } from './store/api-key-store'
@@ -68,6 +69,7 @@ export function createRealtimeServer(options: RealtimeServerOptions = {}): Realt
   const rpc = new RpcRouter()
   const broker = new LocalBroker((events) => hub.deliver(events))
   const events = new EventService(store, broker, log)
+  const streams = new Streams({ hub, store, events, log, slowConsumerBytes: config.slowConsumerBytes, keepAliveMs: config.sseKeepAliveMs })
   const auth = createAuthenticator(config.auth, apiKeys)
   const httpLimiter = config.httpRateLimit ? new KeyedRateLimiter(config.httpRateLimit) : null
   const retention = new RetentionJob(store, config.retentionHours * 3_600_000, config.pruneIntervalMs, log)
@@ -79,7 +81,7 @@ export function createRealtimeServer(options: RealtimeServerOptions = {}): Realt
     eventsStored: store.count(),
     uptime: Math.floor((Date.now() - startedAt) / 1000),
   })
-  const app = createApp({ config, store, hub, presence, rpc, events, auth, httpLimiter, log, health })
+  const app = createApp({ config, store, hub, presence, rpc, streams, events, auth, httpLimiter, log, health })
   let port = 0
   let slowConsumerSweep: ReturnType<typeof setInterval> | undefined
   let state: 'new' | 'running' | 'stopping' | 'stopped' = 'new'
@@ -130,6 +132,7 @@ export function createRealtimeServer(options: RealtimeServerOptions = {}): Realt
       await retention.stop()
       clearInterval(slowConsumerSweep)
       hub.closeAll(CloseCode.GoingAway, 'server shutting down')
+      streams.closeAll()
       events.flush()
       if (wasRunning) {
         const stopped = app.stop()

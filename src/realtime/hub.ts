@@ -11,9 +11,13 @@ export interface Socket {
   getBufferedAmount(): number
 }
 
+/** A subscriber that is not a WebSocket (a Server-Sent Events stream): called per (event, channel). */
+export type StreamListener = (event: StoredEvent, channelId: string) => void
+
 /**
  * The connections of this process, and the only code that touches Bun's pub/sub. It knows which
  * topics each socket holds, so counts stay true and every subscription goes with its socket.
+ * Streams (SSE) listen to the same organisation-scoped topics through `listen`.
  */
 export class Hub {
   private server: Pick<Server<unknown>, 'publish'> | null = null
@@ -22,6 +26,7 @@ export class Hub {
   /** Authenticated sockets per user (`orgId|userId`), for per-user limits and the session policy. */
   private readonly socketsOf = new Map<string, Set<Socket>>()
   private readonly userOf = new Map<Socket, string>()
+  private readonly listeners = new Map<string, Set<StreamListener>>()
 
   attach(server: Pick<Server<unknown>, 'publish'>): void {
     this.server = server
@@ -97,12 +102,30 @@ export class Hub {
    */
   deliver(events: readonly StoredEvent[]): void {
     const server = this.server
-    if (!server || this.subscribers.size === 0) return
+    if (!server || (this.subscribers.size === 0 && this.listeners.size === 0)) return
     for (const event of events) {
       for (const channel of event.channels) {
         const topic = topicOf(event.orgId, channel)
         if (this.subscribers.has(topic)) server.publish(topic, eventFrame(event, channel))
+        const listeners = this.listeners.get(topic)
+        if (listeners) for (const listener of listeners) listener(event, channel)
       }
+    }
+  }
+
+  /** Adds a stream's listener to a channel; returns its removal. */
+  listen(orgId: string, channelId: string, listener: StreamListener): () => void {
+    const topic = topicOf(orgId, channelId)
+    let set = this.listeners.get(topic)
+    if (!set) {
+      set = new Set()
+      this.listeners.set(topic, set)
+    }
+    set.add(listener)
+    return () => {
+      const current = this.listeners.get(topic)
+      if (!current?.delete(listener) || current.size > 0) return
+      this.listeners.delete(topic)
     }
   }
 
@@ -114,9 +137,11 @@ export class Hub {
     return this.topicsOf.size
   }
 
-  /** Channels (organisation-scoped) with at least one live subscriber. */
+  /** Channels (organisation-scoped) with at least one live subscriber, socket or stream. */
   get channels(): number {
-    return this.subscribers.size
+    let count = this.subscribers.size
+    for (const topic of this.listeners.keys()) if (!this.subscribers.has(topic)) count++
+    return count
   }
 
   private release(topic: string): void {

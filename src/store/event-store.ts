@@ -20,6 +20,11 @@ export interface EventStore {
   append(events: readonly NewEvent[]): Array<StoredEvent | 'duplicate'>
   /** Events of one channel with seq > after, ascending, at most `limit`. An index range scan. */
   readChannel(orgId: string, channel: string, after: number, limit: number): StoredEvent[]
+  /**
+   * Events in any of `channels` with seq > after, ascending, each once, at most `limit`: one
+   * cursor for several channels (Server-Sent Events).
+   */
+  readChannels(orgId: string, channels: readonly string[], after: number, limit: number): StoredEvent[]
   /** Events of a whole organisation with seq > after, ascending, at most `limit`. */
   readOrg(orgId: string, after: number, limit: number): StoredEvent[]
   /** The highest seq ever pruned from a channel (or, with channel undefined, the organisation); 0 if none. */

@@ -38,6 +38,7 @@ export class SqliteEventStore implements EventStore {
   private readonly purgeState
   private readonly selectState
   private readonly countChannelAfter
+  private readonly selectChannels
 
   constructor(private readonly database: OpenedDatabase) {
     const { db, sqlite } = database
@@ -150,6 +151,14 @@ export class SqliteEventStore implements EventStore {
     this.countChannelAfter = sqlite.query<{ n: number }, [string, string, number, number]>(
       'SELECT count(*) AS n FROM (SELECT 1 FROM event_channels WHERE org_id = ? AND channel = ? AND seq > ? LIMIT ?)',
     )
+    // Each channel is a range of the primary key; DISTINCT merges them into one seq order.
+    this.selectChannels = sqlite.query<EventRow, [string, string, number, number]>(
+      `SELECT e.* FROM events e WHERE e.seq IN (
+         SELECT DISTINCT seq FROM event_channels
+         WHERE org_id = ?1 AND channel IN (SELECT value FROM json_each(?2)) AND seq > ?3
+         ORDER BY seq LIMIT ?4)
+       ORDER BY e.seq`,
+    )
     const version = db.select().from(meta).where(eq(meta.key, 'state_version')).get()?.value
     if (version !== STATE_VERSION) this.rebuildState()
   }
@@ -187,6 +196,23 @@ export class SqliteEventStore implements EventStore {
 
   readChannel(orgId: string, channel: string, after: number, limit: number): StoredEvent[] {
     return this.selectChannel.all({ orgId, channel, after, limit }).map((row) => toStored(row.event))
+  }
+
+  readChannels(orgId: string, channels: readonly string[], after: number, limit: number): StoredEvent[] {
+    return this.selectChannels.all(orgId, JSON.stringify(channels), after, limit).map((row) =>
+      toStored({
+        seq: row.seq,
+        id: row.id,
+        orgId: row.org_id,
+        userId: row.user_id,
+        type: row.type,
+        payload: row.payload,
+        timestamp: row.timestamp,
+        receivedAt: row.received_at,
+        channels: row.channels,
+        key: row.key,
+      }),
+    )
   }
 
   readOrg(orgId: string, after: number, limit: number): StoredEvent[] {
@@ -309,6 +335,20 @@ export class SqliteEventStore implements EventStore {
   close(): void {
     this.database.sqlite.close()
   }
+}
+
+/** An `events` row as SQLite returns it to a raw query (column names, not Drizzle's field names). */
+interface EventRow {
+  seq: number
+  id: string
+  org_id: string
+  user_id: string
+  type: string
+  payload: string
+  timestamp: number
+  received_at: number
+  channels: string
+  key: string | null
 }
 
 function toStored(row: typeof events.$inferSelect): StoredEvent {

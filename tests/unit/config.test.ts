@@ -18,6 +18,8 @@ describe('loadConfig', () => {
       maxConnections: 10_000,
       maxConnectionsPerUser: 1000,
       maxSubscriptions: 1000,
+      maxStreamsPerCredential: 20,
+      sseKeepAliveMs: 15_000,
       slowConsumerBytes: 8_388_608,
       maxBodyBytes: 1_048_576,
       maxFrameBytes: 65_536,

@@ -1,0 +1,209 @@
+import type { Principal } from '../auth'
+import type { Logger } from '../log'
+import type { EventService } from '../modules/events/service'
+import type { EventStore, StoredEvent } from '../store/event-store'
+import { eventFrame } from './frames'
+import type { Hub } from './hub'
+import { REPLAY_PAGE } from './session'
+
+/** Queued bytes past which a replay waits for the reader (Bun pulls as the socket drains). */
+const HIGH_WATER = 1 << 20
+/** Sent first: how long a browser's EventSource waits before it reconnects. */
+const RETRY_MS = 2000
+/** A snapshot is sent in parts of at most this many entities (the socket protocol's rule). */
+const SNAPSHOT_PART_ENTITIES = 1000
+
+export interface StreamRequest {
+  /** The channels to follow, in the caller's order (at least one). */
+  channels: string[]
+  /** Resume after this seq: Last-Event-ID, else `?since=`. */
+  since?: number
+  /** The database epoch `since` came from. */
+  epoch?: string
+  /** Start from the channels' state (`snapshot` events) instead of, or when smaller than, a replay. */
+  snapshot: boolean
+}
+
+export interface StreamDeps {
+  hub: Hub
+  store: EventStore
+  events: EventService
+  log: Logger
+  /** Queued bytes past which a reader that stopped reading is cut off (as for sockets). */
+  slowConsumerBytes: number
+  /** A comment line this often keeps proxies from closing an idle stream. */
+  keepAliveMs: number
+}
+
+/**
+ * Server-Sent Events streams: the transport for clients behind proxies that refuse WebSocket
+ * upgrades. Each event is `id: <seq>`, `event: <type>`, `data: <the frame a socket gets>`, in seq
+ * order across all the stream's channels, so the one Last-Event-ID a browser sends back on
+ * reconnect resumes every channel with no gap and no duplicate. An event on several of the
+ * stream's channels comes once, through the first of its channels the stream follows.
+ */
+export class Streams {
+  private readonly open = new Set<() => void>()
+  private readonly perCredential = new Map<string, number>()
+
+  constructor(private readonly deps: StreamDeps) {}
+
+  /** Open streams of a credential (for the per-credential limit). */
+  countOf(credential: string): number {
+    return this.perCredential.get(credential) ?? 0
+  }
+
+  get size(): number {
+    return this.open.size
+  }
+
+  /** Ends every stream (shutdown); browsers reconnect on their own, resuming from their last id. */
+  closeAll(): void {
+    for (const end of [...this.open]) end()
+  }
+
+  start(principal: Principal, request: StreamRequest): Response {
+    const { hub, store, events, log, slowConsumerBytes, keepAliveMs } = this.deps
+    const credential = principal.credential ?? `${principal.orgId}|${principal.userId}`
+    const following = new Set(request.channels)
+    const encoder = new TextEncoder()
+    const removals: Array<() => void> = []
+    let controller!: ReadableStreamDefaultController<Uint8Array>
+    let wake: (() => void) | undefined
+    let keepAlive: ReturnType<typeof setInterval> | undefined
+    let lastSeq = 0
+    let ended = false
+
+    const end = () => {
+      if (ended) return
+      ended = true
+      for (const remove of removals) remove()
+      clearInterval(keepAlive)
+      wake?.()
+      this.open.delete(end)
+      const left = this.countOf(credential) - 1
+      if (left > 0) this.perCredential.set(credential, left)
+      else this.perCredential.delete(credential)
+      try {
+        controller.close()
+      } catch {
+        // already closed or errored by the reader going away
+      }
+    }
+    const write = (text: string) => {
+      if (ended) return
+      controller.enqueue(encoder.encode(text))
+      if (HIGH_WATER - (controller.desiredSize ?? 0) > slowConsumerBytes) {
+        log.warn('slow_consumers_closed', { closed: 1, transport: 'sse', limitBytes: slowConsumerBytes })
+        controller.enqueue(encoder.encode('event: slow_consumer\ndata: {"reason":"resume from your last event id"}\n\n'))
+        end()
+      }
+    }
+    const send = (event: StoredEvent) => {
+      // The first of the event's channels this stream follows: the same choice live and in replays.
+      const channel = event.channels.find((candidate) => following.has(candidate))!
+      lastSeq = event.seq
+      write(`id: ${event.seq}\nevent: ${event.type}\ndata: ${eventFrame(event, channel)}\n\n`)
+    }
+    const room = () =>
+      (controller.desiredSize ?? 0) > 0
+        ? new Promise<void>((resolve) => setImmediate(resolve))
+        : new Promise<void>((resolve) => {
+            wake = resolve
+          })
+
+    const run = async () => {
+      const { orgId } = principal
+      const named = (event: string, data: unknown) => write(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`)
+      write(`retry: ${RETRY_MS}\n\n`)
+      named('ready', { epoch: store.epoch, channels: request.channels })
+      let after: number | undefined
+      if (request.since !== undefined) {
+        const epochChanged = request.epoch !== undefined && request.epoch !== store.epoch
+        const replay = request.channels.reduce(
+          (merged, channel) => {
+            const one = events.replayFrom(orgId, channel, request.since!, request.epoch)
+            return { from: Math.min(merged.from, one.from), truncated: merged.truncated || one.truncated }
+          },
+          { from: request.since, truncated: false },
+        )
+        if (epochChanged) named('epoch', { epoch: store.epoch, previous: request.epoch })
+        if (replay.truncated) named('truncated', { since: replay.from, epoch: store.epoch })
+        if (!request.snapshot || (!replay.truncated && this.replayIsSmaller(orgId, request.channels, replay.from))) after = replay.from
+      }
+      if (after === undefined && request.snapshot) {
+        // Every channel's state read in one synchronous step: all complete up to the same seq.
+        const states = request.channels.map((channel) => ({ channel, ...store.snapshot(orgId, channel) }))
+        const seq = states[0]!.seq
+        for (const { channel, entities } of states) {
+          for (let index = 0; index === 0 || index < entities.length; index += SNAPSHOT_PART_ENTITIES) {
+            const part = entities.slice(index, index + SNAPSHOT_PART_ENTITIES)
+            const done = index + SNAPSHOT_PART_ENTITIES >= entities.length
+            write(`event: snapshot\ndata: {"type":"snapshot","channelId":${JSON.stringify(channel)},"seq":${seq},"entities":[${part.map((event) => eventFrame(event, channel)).join(',')}],"done":${done}}\n\n`)
+            if (ended) return
+            await room()
+          }
+        }
+        write(`id: ${seq}\n\n`)
+        after = seq
+      }
+      after ??= store.lastSeq()
+      // The replay ends with one synchronous read-then-listen, as for sockets (see Session.subscribe).
+      for (;;) {
+        if (ended) return
+        const page = store.readChannels(orgId, request.channels, after, REPLAY_PAGE)
+        for (const event of page) send(event)
+        after = page.at(-1)?.seq ?? after
+        if (page.length < REPLAY_PAGE) break
+        await room()
+      }
+      if (ended) return
+      lastSeq = Math.max(lastSeq, after)
+      const live = (event: StoredEvent) => {
+        if (event.seq > lastSeq) send(event)
+      }
+      for (const channel of request.channels) removals.push(hub.listen(orgId, channel, live))
+      keepAlive = setInterval(() => write(': keep-alive\n\n'), keepAliveMs)
+    }
+
+    const body = new ReadableStream<Uint8Array>(
+      {
+        start: (streamController) => {
+          controller = streamController
+          this.open.add(end)
+          this.perCredential.set(credential, this.countOf(credential) + 1)
+          run().catch((error) => {
+            if (!ended) log.error('stream_failed', { error: String(error) })
+            end()
+          })
+        },
+        pull: () => {
+          const resume = wake
+          wake = undefined
+          resume?.()
+        },
+        cancel: end,
+      },
+      new ByteLengthQueuingStrategy({ highWaterMark: HIGH_WATER }),
+    )
+    return new Response(body, {
+      headers: {
+        'content-type': 'text/event-stream; charset=utf-8',
+        'cache-control': 'no-cache, no-transform',
+        connection: 'keep-alive',
+        // Tells nginx not to buffer the stream.
+        'x-accel-buffering': 'no',
+      },
+    })
+  }
+
+  private replayIsSmaller(orgId: string, channels: string[], from: number): boolean {
+    const entities = Object.values(this.deps.store.entityCounts(orgId, channels)).reduce((sum, n) => sum + n, 0)
+    let pending = 0
+    for (const channel of channels) {
+      pending += this.deps.store.countAfter(orgId, channel, from, entities + 1)
+      if (pending > entities) return false
+    }
+    return true
+  }
+}
