@@ -5,7 +5,9 @@ import { type BackoffOptions, backoffDelay, DEFAULT_BACKOFF } from './backoff'
 import { type Clock, systemClock } from './clock'
 import { createHttp, type Http, unwrap } from './http'
 import { type LiveChannel, LiveStore } from './live'
-import type { ConnectionInfo, ConnectionStatus, CustomTypes, KnownFrame, OtherFrame } from './types'
+import { readEventStream, type StreamEvent } from './event-stream'
+import type { CallOrigin, ConnectionInfo, ConnectionStatus, CustomTypes, KnownFrame, MethodMap, OtherFrame } from './types'
+import type { z } from 'zod'
 
 /** Close codes after which retrying cannot help: a refused token, or a session replaced elsewhere. */
 const FATAL_CLOSE_CODES = new Set([4401, 4002])
@@ -13,8 +15,22 @@ const FATAL_CLOSE_CODES = new Set([4401, 4002])
 export const PONG_TIMEOUT_CLOSE = 4000
 /** Pages fetched per channel in one poll, so a long backlog cannot hold a poll forever. */
 const MAX_POLL_PAGES = 20
+/** Event streams that failed in a row before the client settles for polling. */
+const MAX_SSE_FAILURES = 2
+/** How much longer than the server's own call timeout the client waits before giving up. */
+const CALL_GRACE_MS = 1000
 
-export interface RealtimeClientOptions<C extends CustomTypes = {}> {
+/** A call to another client failed; `code` says how (see the README's RPC section). */
+export class RpcCallError extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+  ) {
+    super(message)
+  }
+}
+
+export interface RealtimeClientOptions<C extends CustomTypes = {}, M extends MethodMap = {}> {
   /** The server's HTTP base URL, e.g. `http://127.0.0.1:3693`. */
   url: string
   /** A token for `jwt` mode, or a function returning a fresh one at each (re)connect. */
@@ -25,6 +41,8 @@ export interface RealtimeClientOptions<C extends CustomTypes = {}> {
   kind?: string
   /** Event types the application adds to the catalogue: their frames reach handlers typed. */
   types?: C
+  /** Methods this client answers or calls (request and response schemas): types `handle` and `call`. */
+  methods?: M
   /** Events of types neither in the catalogue nor in `types` (unless a subscription has its own). */
   onOther?: (frame: OtherFrame) => void
   /** Events on a channel were lost (pruned, or the server's database was replaced): refetch state. */
@@ -39,10 +57,13 @@ export interface RealtimeClientOptions<C extends CustomTypes = {}> {
   /** HTTP heartbeat every `intervalMs` (30 s): presence stays right even when the socket is down. */
   heartbeat?: { intervalMs?: number } | false
   /**
-   * When no socket could be established for `afterMs` (10 s), poll `/api/events/since` every
-   * `minMs` (5 s), backing off to `maxMs` (30 s) while idle or failing, until the socket works again.
+   * When no socket could be established for `afterMs` (10 s), fall back — to Server-Sent Events
+   * first (unless `sse: false`), to polling `/api/events/since` if streams fail too: every `minMs`
+   * (5 s), backing off to `maxMs` (30 s) while idle or failing — until the socket works again.
    */
   polling?: { afterMs?: number; minMs?: number; maxMs?: number } | false
+  /** Try Server-Sent Events before polling (default true). */
+  sse?: boolean
   /** Default timeout of `request` (10 s). */
   requestTimeoutMs?: number
   clock?: Clock
@@ -58,7 +79,7 @@ export interface SubscribeOptions {
   onOther?: (frame: OtherFrame) => void
 }
 
-export interface RealtimeClient<C extends CustomTypes = {}> {
+export interface RealtimeClient<C extends CustomTypes = {}, M extends MethodMap = {}> {
   /** Receives every event of `channelId` exactly once, in seq order, across reconnects. Returns the unsubscribe. */
   subscribe(channelId: string, handler: (event: KnownFrame<C>) => void, options?: SubscribeOptions): () => void
   ingest(events: IngestBody): Promise<IngestResult>
@@ -81,6 +102,22 @@ export interface RealtimeClient<C extends CustomTypes = {}> {
   live(channelId: string): LiveChannel<C>
   /** GET /api/channels/:channelId/state. */
   channelState(channelId: string): Promise<ChannelState>
+  /**
+   * Answers calls of `method` from the user's other clients (announced with `hello` on every
+   * connect). The payload and the answer are checked against `methods`; a thrown error reaches the
+   * caller as an error. Returns the removal.
+   */
+  handle<K extends keyof M & string>(
+    method: K,
+    fn: (payload: z.output<M[K]['request']>, from: CallOrigin) => z.input<M[K]['response']> | Promise<z.input<M[K]['response']>>,
+  ): () => void
+  /** Calls `method` on another client of the same user (`target`: its clientId, or a kind). */
+  call<K extends keyof M & string>(
+    target: string,
+    method: K,
+    payload: z.input<M[K]['request']>,
+    options?: { timeoutMs?: number },
+  ): Promise<z.output<M[K]['response']>>
   /** Closes for good: no reconnect, pending requests rejected, timers cleared. */
   close(): void
 }
@@ -105,17 +142,25 @@ interface Pending {
   timer: unknown
 }
 
-export function createRealtimeClient<C extends CustomTypes = {}>(options: RealtimeClientOptions<C>): RealtimeClient<C> {
-  return new Client<C>(options)
+export function createRealtimeClient<C extends CustomTypes = {}, M extends MethodMap = {}>(
+  options: RealtimeClientOptions<C, M>,
+): RealtimeClient<C, M> {
+  return new Client<C, M>(options)
 }
 
-class Client<C extends CustomTypes> implements RealtimeClient<C> {
+class Client<C extends CustomTypes, M extends MethodMap> implements RealtimeClient<C, M> {
   private readonly clock: Clock
   private readonly http: Http
   private readonly clientId: string
   private readonly backoff: BackoffOptions | null
   private readonly subs = new Map<string, Subscription>()
   private readonly pending = new Map<string, Pending>()
+  /** Calls to other clients waiting for their result (rejected on disconnect like requests). */
+  private readonly calls = new Map<string, Pending & { method: string }>()
+  private readonly handlers = new Map<string, (payload: unknown, from: CallOrigin) => unknown>()
+  /** The Server-Sent Events fallback while it runs. */
+  private sse: { abort: AbortController } | null = null
+  private sseFailures = 0
   private readonly listeners = new Set<(state: ConnectionInfo) => void>()
   private socket: WebSocket | null = null
   /** The socket is open and authenticated: subscribe and request frames may be sent. */
@@ -133,11 +178,12 @@ class Client<C extends CustomTypes> implements RealtimeClient<C> {
     pollStart: undefined as unknown,
     handshake: undefined as unknown,
     poll: undefined as unknown,
+    sseRetry: undefined as unknown,
   }
   private polling = false
   private pollInterval = 0
 
-  constructor(private readonly options: RealtimeClientOptions<C>) {
+  constructor(private readonly options: RealtimeClientOptions<C, M>) {
     this.clock = options.clock ?? systemClock
     this.clientId = options.clientId ?? crypto.randomUUID()
     this.backoff = options.reconnect === false ? null : { ...DEFAULT_BACKOFF, ...options.reconnect }
@@ -186,6 +232,7 @@ class Client<C extends CustomTypes> implements RealtimeClient<C> {
       sub = { handlers: new Set(), lastSeq: options.since ?? null, epoch: options.epoch }
       this.subs.set(channelId, sub)
       if (this.ready) this.sendSubscribe(channelId, sub)
+      this.restartSse()
       this.emit({})
     }
     sub.handlers.add(entry)
@@ -194,8 +241,85 @@ class Client<C extends CustomTypes> implements RealtimeClient<C> {
       if (!current?.handlers.delete(entry) || current.handlers.size > 0) return
       this.subs.delete(channelId)
       if (this.ready) this.send({ type: 'unsubscribe', channelId })
+      this.restartSse()
       this.emit({})
     }
+  }
+
+  handle<K extends keyof M & string>(
+    method: K,
+    fn: (payload: z.output<M[K]['request']>, from: CallOrigin) => z.input<M[K]['response']> | Promise<z.input<M[K]['response']>>,
+  ): () => void {
+    this.handlers.set(method, fn as (payload: unknown, from: CallOrigin) => unknown)
+    this.sendHello()
+    return () => {
+      if (this.handlers.get(method) !== fn) return
+      this.handlers.delete(method)
+      this.sendHello()
+    }
+  }
+
+  call<K extends keyof M & string>(
+    target: string,
+    method: K,
+    payload: z.input<M[K]['request']>,
+    options: { timeoutMs?: number } = {},
+  ): Promise<z.output<M[K]['response']>> {
+    if (!this.ready) return Promise.reject(new Error(`not connected: cannot call ${method}`))
+    const schema = this.options.methods?.[method]
+    let checked: unknown = payload
+    if (schema) {
+      const parsed = schema.request.safeParse(payload)
+      if (!parsed.success) return Promise.reject(new TypeError(`${method} payload: ${parsed.error.issues[0]?.message}`))
+      checked = parsed.data
+    }
+    const id = `k${++this.requestCounter}`
+    const timeoutMs = options.timeoutMs ?? this.options.requestTimeoutMs ?? 10_000
+    return new Promise((resolve, reject) => {
+      // The server times the call out itself; this is the backstop for a server that went silent.
+      const timer = this.clock.setTimeout(() => {
+        this.calls.delete(id)
+        this.emit({})
+        reject(new RpcCallError('timeout', `call ${method} timed out after ${timeoutMs} ms`))
+      }, timeoutMs + CALL_GRACE_MS)
+      this.calls.set(id, { method, resolve, reject, timer })
+      this.send({ type: 'call', id, target, method, payload: checked ?? null, timeoutMs })
+      this.emit({})
+    })
+  }
+
+  /** Announces this connection: its id, kind and the methods it answers. */
+  private sendHello(): void {
+    if (!this.ready) return
+    this.send({ type: 'hello', clientId: this.clientId, ...(this.options.kind ? { kind: this.options.kind } : {}), methods: [...this.handlers.keys()] })
+  }
+
+  /** A call from another client: run the handler, check both ends against `methods`, answer. */
+  private async answer(frame: Record<string, any>): Promise<void> {
+    const reply = (result: Record<string, unknown>) => this.send({ type: 'result', id: frame.id, ...result })
+    const handler = this.handlers.get(frame.method)
+    if (!handler) return reply({ success: false, error: `method ${JSON.stringify(frame.method)} is not handled here` })
+    const schema = this.options.methods?.[frame.method]
+    try {
+      const payload = schema ? schema.request.parse(frame.payload) : frame.payload
+      const data = await handler(payload, frame.from ?? { userId: '' })
+      reply({ success: true, data: schema ? schema.response.parse(data) : (data ?? null) })
+    } catch (error) {
+      reply({ success: false, error: error instanceof Error ? error.message : String(error) })
+    }
+  }
+
+  private settleCall(frame: Record<string, any>): void {
+    const call = this.calls.get(frame.id)
+    if (!call) return
+    this.calls.delete(frame.id)
+    this.clock.clearTimeout(call.timer)
+    this.emit({})
+    if (!frame.success) return call.reject(new RpcCallError(frame.code ?? 'call_failed', frame.error ?? 'the call failed'))
+    const schema = this.options.methods?.[call.method]
+    const parsed = schema ? schema.response.safeParse(frame.data) : { success: true as const, data: frame.data }
+    if (parsed.success) call.resolve(parsed.data)
+    else call.reject(new RpcCallError('invalid_response', `${call.method} answered: ${parsed.error.issues[0]?.message}`))
   }
 
   async ingest(events: IngestBody): Promise<IngestResult> {
@@ -252,6 +376,7 @@ class Client<C extends CustomTypes> implements RealtimeClient<C> {
     this.closedByUser = true
     for (const timer of Object.values(this.timers)) this.clock.clearTimeout(timer)
     this.polling = false
+    this.stopSse()
     this.dropSocket(1000, 'client closed')
     this.rejectPending('client closed')
     this.emit({ status: 'closed', transport: null })
@@ -261,7 +386,7 @@ class Client<C extends CustomTypes> implements RealtimeClient<C> {
 
   private connect(): void {
     if (this.closedByUser) return
-    this.emit({ status: this.polling ? this.snapshot.status : this.everOpened || this.attempt > 0 ? 'reconnecting' : 'connecting' })
+    this.emit({ status: this.falling ? this.snapshot.status : this.everOpened || this.attempt > 0 ? 'reconnecting' : 'connecting' })
     let socket: WebSocket
     try {
       socket = this.http.ws.subscribe({ query: { clientId: this.clientId } }).ws
@@ -305,7 +430,9 @@ class Client<C extends CustomTypes> implements RealtimeClient<C> {
     this.everOpened = true
     this.attempt = 0
     this.stopPolling()
+    this.stopSse()
     this.startPing()
+    this.sendHello()
     for (const [channelId, sub] of this.subs) this.sendSubscribe(channelId, sub)
     this.emit({ status: 'open', transport: 'websocket', lastError: null })
   }
@@ -342,6 +469,10 @@ class Client<C extends CustomTypes> implements RealtimeClient<C> {
         return
       case 'response':
         return this.settle(frame.requestId, frame.success, frame.success ? frame.data : frame.error)
+      case 'call':
+        return void this.answer(frame)
+      case 'result':
+        return this.settleCall(frame)
       case 'error':
         if (typeof frame.requestId === 'string') return this.settle(frame.requestId, false, frame.message)
         this.emit({ lastError: `${frame.code}: ${frame.message}` })
@@ -409,21 +540,22 @@ class Client<C extends CustomTypes> implements RealtimeClient<C> {
     const lastError = code === 1000 ? this.snapshot.lastError : `closed ${code}${reason ? `: ${reason}` : ''}`
     if (FATAL_CLOSE_CODES.has(code) || !this.backoff) {
       this.stopPolling()
+      this.stopSse()
       this.emit({ status: 'offline', transport: null, lastError })
       return
     }
     const delay = backoffDelay(this.attempt++, this.backoff, () => this.clock.random())
     this.timers.reconnect = this.clock.setTimeout(() => this.connect(), delay)
     const pollingOn = this.options.polling !== false
-    if (pollingOn && !this.polling && this.timers.pollStart === undefined) {
+    if (pollingOn && !this.falling && this.timers.pollStart === undefined) {
       this.timers.pollStart = this.clock.setTimeout(() => {
         this.timers.pollStart = undefined
-        if (!this.ready && !this.closedByUser) this.startPolling()
+        if (!this.ready && !this.closedByUser) this.startFallback()
       }, this.options.polling ? (this.options.polling.afterMs ?? 10_000) : 10_000)
     }
     this.emit({
-      status: this.polling ? this.snapshot.status : 'reconnecting',
-      transport: this.polling ? 'polling' : null,
+      status: this.falling ? this.snapshot.status : 'reconnecting',
+      transport: this.polling ? 'polling' : this.sse ? 'sse' : null,
       reconnects: this.snapshot.reconnects + 1,
       lastError,
     })
@@ -462,12 +594,17 @@ class Client<C extends CustomTypes> implements RealtimeClient<C> {
   }
 
   private rejectPending(reason: string): void {
-    if (this.pending.size === 0) return
+    if (this.pending.size === 0 && this.calls.size === 0) return
     for (const pending of this.pending.values()) {
       this.clock.clearTimeout(pending.timer)
       pending.reject(new Error(reason))
     }
+    for (const call of this.calls.values()) {
+      this.clock.clearTimeout(call.timer)
+      call.reject(new RpcCallError('disconnected', reason))
+    }
     this.pending.clear()
+    this.calls.clear()
     this.emit({})
   }
 
@@ -484,6 +621,120 @@ class Client<C extends CustomTypes> implements RealtimeClient<C> {
     }
     if (this.closedByUser) return
     this.timers.heartbeat = this.clock.setTimeout(() => void this.beat(), (heartbeat && heartbeat.intervalMs) || 30_000)
+  }
+
+  /** A fallback transport (Server-Sent Events or polling) runs while the socket cannot. */
+  private get falling(): boolean {
+    return this.polling || this.sse !== null
+  }
+
+  private startFallback(): void {
+    if (this.options.sse !== false && this.sseFailures < MAX_SSE_FAILURES) this.startSse()
+    else this.startPolling()
+  }
+
+  private startSse(): void {
+    const abort = new AbortController()
+    this.sse = { abort }
+    void this.runSse(abort)
+  }
+
+  private stopSse(): void {
+    this.clock.clearTimeout(this.timers.sseRetry)
+    this.sse?.abort.abort()
+    this.sse = null
+  }
+
+  /** The stream's channels changed: open it again with the new set, resuming from the cursors. */
+  private restartSse(): void {
+    if (!this.sse) return
+    this.stopSse()
+    this.startSse()
+  }
+
+  /**
+   * One event stream for every subscribed channel, from the lowest cursor: the per-channel seq
+   * guard drops what a channel already had, so nothing repeats and nothing is skipped.
+   */
+  private async runSse(abort: AbortController): Promise<void> {
+    const { polling } = this.options
+    const retryMs = (polling && polling.minMs) || 5000
+    try {
+      for (const [channelId, sub] of [...this.subs]) {
+        if (sub.lastSeq !== null) continue
+        // A live-only subscription starts at the newest event, as a socket subscription would.
+        const page = await this.page(channelId, 0, 1)
+        if (abort.signal.aborted) return
+        if (this.subs.get(channelId) === sub && sub.lastSeq === null) {
+          sub.lastSeq = page.lastSeq
+          this.resync(sub)
+        }
+      }
+      const channels = [...this.subs.keys()]
+      if (channels.length === 0) {
+        // Nothing to follow yet: a subscribe opens the stream.
+        this.emit({ status: 'open', transport: 'sse' })
+        return
+      }
+      const url = new URL('/api/events/stream', this.options.url)
+      for (const channel of channels) url.searchParams.append('channel', channel)
+      url.searchParams.set('since', String(Math.min(...channels.map((channel) => this.subs.get(channel)?.lastSeq ?? 0))))
+      if (this.snapshot.epoch) url.searchParams.set('epoch', this.snapshot.epoch)
+      const token = await this.token()
+      const response = await (this.options.fetch ?? fetch)(url, {
+        headers: { accept: 'text/event-stream', ...(token ? { authorization: `Bearer ${token}` } : {}) },
+        signal: abort.signal,
+      })
+      if (!response.ok || !response.body) throw new Error(`the event stream answered ${response.status}`)
+      this.sseFailures = 0
+      this.emit({ status: 'open', transport: 'sse', lastError: null })
+      let epochChanged = false
+      await readEventStream(response.body, (event) => {
+        if (this.sse?.abort !== abort) return
+        epochChanged = this.streamEvent(event, epochChanged)
+      })
+      if (this.sse?.abort === abort) this.sseRetry(abort, 'the event stream ended', retryMs)
+    } catch (error) {
+      if (abort.signal.aborted || this.sse?.abort !== abort) return
+      this.sseFailures++
+      this.sseRetry(abort, `event stream failed: ${(error as Error).message}`, retryMs)
+    }
+  }
+
+  /** Handles one stream event; returns whether the server said the database changed. */
+  private streamEvent(event: StreamEvent, epochChanged: boolean): boolean {
+    switch (event.event) {
+      case 'ready': {
+        const { epoch } = JSON.parse(event.data) as { epoch: string }
+        if (epoch !== this.snapshot.epoch) this.emit({ epoch })
+        return epochChanged
+      }
+      case 'epoch':
+        return true
+      case 'truncated': {
+        const { since } = JSON.parse(event.data) as { since: number }
+        for (const [channelId, sub] of this.subs) {
+          // Another database: its seqs mean nothing to our cursors, accept the replay from its start.
+          if (epochChanged) sub.lastSeq = since
+          this.options.onTruncated?.(channelId)
+          this.resync(sub)
+        }
+        return epochChanged
+      }
+      default:
+        if (event.event.includes('.')) this.deliver(JSON.parse(event.data) as OtherFrame)
+        return epochChanged
+    }
+  }
+
+  /** The stream ended or failed: open another (or poll, after repeated failures) unless the socket is back. */
+  private sseRetry(abort: AbortController, reason: string, delayMs: number): void {
+    if (this.sse?.abort !== abort) return
+    this.sse = null
+    this.emit({ status: 'reconnecting', transport: null, lastError: reason })
+    this.timers.sseRetry = this.clock.setTimeout(() => {
+      if (!this.ready && !this.closedByUser && !this.falling) this.startFallback()
+    }, delayMs)
   }
 
   private startPolling(): void {
@@ -563,7 +814,7 @@ class Client<C extends CustomTypes> implements RealtimeClient<C> {
       ...this.snapshot,
       ...patch,
       subscriptions: [...this.subs].map(([channelId, sub]) => ({ channelId, lastSeq: sub.lastSeq ?? 0 })),
-      pendingRequests: this.pending.size,
+      pendingRequests: this.pending.size + this.calls.size,
     }
     for (const listener of [...this.listeners]) listener(this.snapshot)
   }

@@ -41,7 +41,8 @@ export type ConnectionStatus =
 
 export interface ConnectionInfo {
   status: ConnectionStatus
-  transport: 'websocket' | 'polling' | null
+  /** How events arrive now: the socket, else Server-Sent Events, else polling. */
+  transport: 'websocket' | 'sse' | 'polling' | null
   /** Reconnect attempts since the client was created. */
   reconnects: number
   lastError: string | null
@@ -51,4 +52,17 @@ export interface ConnectionInfo {
   subscriptions: Array<{ channelId: string; lastSeq: number }>
   pendingRequests: number
   heartbeat: { lastOkAt: number | null; lastError: string | null }
+}
+
+/**
+ * Methods a client answers or calls on the user's other clients, declared once: the request and
+ * response schemas type `handle` and `call` and validate both ends.
+ */
+export type MethodMap = Record<string, { request: z.ZodType; response: z.ZodType }>
+
+/** Who made a call: the caller's user, and its clientId and kind when it announced them. */
+export interface CallOrigin {
+  userId: string
+  clientId?: string
+  kind?: string
 }

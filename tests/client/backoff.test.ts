@@ -297,7 +297,7 @@ describe('default timings (fake clock)', () => {
   test('heartbeat right away then every 30 s; polling after 10 s without a socket, every 5 s backing off to 30 s', async () => {
     const server = fakeServer()
     const clock = new FakeClock()
-    const subject = client(server.url, clock, { heartbeat: undefined, polling: undefined, clientId: 'c1' })
+    const subject = client(server.url, clock, { heartbeat: undefined, polling: undefined, sse: false, clientId: 'c1' })
     subject.subscribe('agent:x', () => {}, { since: 0 })
     await waitFor(() => subject.state.heartbeat.lastOkAt !== null, 3000, 'the first heartbeat')
     // The heartbeat, the first retry, and the polling start.

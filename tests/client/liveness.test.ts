@@ -466,7 +466,8 @@ describe('heartbeat and presence', () => {
     const subject = client(proxy.url, { clientId: 'desk-1', kind: 'desktop', heartbeat: { intervalMs: 50 } })
     await waitFor(() => subject.state.status === 'open' && subject.state.heartbeat.lastOkAt !== null, 3000, 'open and one heartbeat')
     const { clients: withSocket } = await subject.presence()
-    expect(withSocket).toEqual([{ userId: 'local', clientId: 'desk-1', kind: 'desktop', lastSeen: expect.any(Number), socketOpen: true }])
+    // The client announces itself with hello on connect: no methods handled here.
+    expect(withSocket).toEqual([{ userId: 'local', clientId: 'desk-1', kind: 'desktop', lastSeen: expect.any(Number), socketOpen: true, methods: [] }])
     await waitFor(() => proxy.requests.filter((path) => path === '/api/heartbeat').length >= 3, 3000, 'three heartbeats')
 
     // Without a socket the heartbeat keeps the client present (the HTTP half of the dual channel).

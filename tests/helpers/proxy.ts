@@ -101,7 +101,8 @@ export function startProxy(upstreamUrl: string): Proxy {
       headers.delete('host')
       try {
         const answer = await fetch(`${upstreamUrl}${url.pathname}${url.search}`, { method: request.method, headers, body })
-        return new Response(await answer.arrayBuffer(), { status: answer.status, headers: answer.headers })
+        // Streamed, not buffered, as a real proxy does: Server-Sent Events must pass through.
+        return new Response(answer.body, { status: answer.status, headers: answer.headers })
       } catch (error) {
         return new Response(`upstream failed: ${String(error)}`, { status: 502 })
       }
