@@ -5,6 +5,7 @@ import { createApiGate, httpErrors } from './http'
 import type { Logger } from './log'
 import type { KeyedRateLimiter } from './rate-limit'
 import type { HealthBody } from './model/http'
+import { debugModule } from './modules/debug'
 import { eventsModule } from './modules/events'
 import type { EventService } from './modules/events/service'
 import { healthModule } from './modules/health'
@@ -52,6 +53,7 @@ export function createApp(deps: AppDeps) {
   })
     .use(httpErrors(config.maxBodyBytes, deps.log))
     .use(healthModule(deps.health))
+    .use(debugModule(config, deps.log))
     .use(gate.plugin)
     .use(eventsModule(deps.events, gate))
     .use(presenceModule(deps.presence, gate))

@@ -9,7 +9,7 @@ import { openDatabase } from '../db/client'
 import { PRINCIPAL_ID_PATTERN } from '../model/channels'
 import { ApiKeyStore, type ApiKeyRecord } from '../store/api-key-store'
 
-const USAGE = `usage: bun run keys <command> [options]
+const usageText = (prog: string) => `usage: ${prog} <command> [options]
 
 commands:
   create --org <orgId> --label <text> [--expires-days <n>]   create a key; it is printed once
@@ -26,8 +26,12 @@ export interface Io {
   err(line: string): void
 }
 
-/** Runs the command; returns the exit code (0 ok, 1 failed, 2 usage). */
-export function runKeys(argv: string[], env: Record<string, string | undefined>, io: Io, now = Date.now): number {
+/**
+ * Runs the command; returns the exit code (0 ok, 1 failed, 2 usage). `prog` names the command in
+ * the usage text (`switchboard keys` when run through the `switchboard` entry).
+ */
+export function runKeys(argv: string[], env: Record<string, string | undefined>, io: Io, now = Date.now, prog = 'bun run keys'): number {
+  const USAGE = usageText(prog)
   let parsed
   try {
     parsed = parseArgs({

@@ -102,7 +102,7 @@ async function apiTypes(client: RealtimeClient) {
 
   expectTypeOf(client.state.status).toEqualTypeOf<ConnectionStatus>()
   expectTypeOf<ConnectionStatus>().toEqualTypeOf<'connecting' | 'open' | 'reconnecting' | 'offline' | 'closed'>()
-  expectTypeOf(client.state.transport).toEqualTypeOf<'websocket' | 'polling' | null>()
+  expectTypeOf(client.state.transport).toEqualTypeOf<'websocket' | 'sse' | 'polling' | null>()
   expectTypeOf(client.state.reconnects).toEqualTypeOf<number>()
   expectTypeOf(client.state.lastError).toEqualTypeOf<string | null>()
   expectTypeOf(client.cursor('agent:x')).toEqualTypeOf<number | undefined>()
