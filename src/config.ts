@@ -41,6 +41,11 @@ export interface Config {
   maxBodyBytes: number
   maxFrameBytes: number
   logLevel: 'debug' | 'info' | 'warn' | 'error'
+  /**
+   * Upstream sync (src/upstream.ts): poll another Switchboard's `GET /api/events/since` and ingest
+   * what it returns; null = off. `url` has no trailing slash; `token` is the upstream bearer.
+   */
+  upstream: { url: string; token: string | null; minIntervalMs: number; maxIntervalMs: number } | null
 }
 
 const DURATION_UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }
@@ -80,10 +85,14 @@ const envSchema = z.object({
   REALTIME_MAX_BODY_BYTES: integer(1024).default(1_048_576),
   REALTIME_MAX_FRAME_BYTES: integer(256).default(65_536),
   REALTIME_LOG_LEVEL: z.enum(['debug', 'info', 'warn', 'error']).default('info'),
+  REALTIME_UPSTREAM_URL: z.string().optional(),
+  REALTIME_UPSTREAM_TOKEN: z.string().regex(/^[\x21-\x7e]+$/, 'must be printable ASCII without spaces').optional(),
+  REALTIME_UPSTREAM_MIN_INTERVAL_MS: integer(10, 86_400_000).default(5000),
+  REALTIME_UPSTREAM_MAX_INTERVAL_MS: integer(10, 86_400_000).default(30_000),
 })
 
 export const SETTINGS = Object.keys(envSchema.shape) as Array<keyof typeof envSchema.shape>
-const SECRET_SETTINGS = new Set(['REALTIME_JWT_SECRET'])
+const SECRET_SETTINGS = new Set(['REALTIME_JWT_SECRET', 'REALTIME_UPSTREAM_TOKEN'])
 
 export class ConfigError extends Error {}
 
@@ -108,6 +117,11 @@ export function loadConfig(env: Record<string, string | undefined>, argv: readon
     } catch (error) {
       throw new ConfigError(`${name}=${JSON.stringify(s[name])} is invalid: ${(error as Error).message}`)
     }
+  }
+  if (s.REALTIME_UPSTREAM_MAX_INTERVAL_MS < s.REALTIME_UPSTREAM_MIN_INTERVAL_MS) {
+    throw new ConfigError(
+      `REALTIME_UPSTREAM_MAX_INTERVAL_MS=${JSON.stringify(String(s.REALTIME_UPSTREAM_MAX_INTERVAL_MS))} is invalid: must be at least REALTIME_UPSTREAM_MIN_INTERVAL_MS (${s.REALTIME_UPSTREAM_MIN_INTERVAL_MS})`,
+    )
   }
   if (s.REALTIME_AUTH === 'jwt' && !s.REALTIME_JWT_SECRET) {
     throw new ConfigError('REALTIME_JWT_SECRET is required when REALTIME_AUTH=jwt')
@@ -135,7 +149,33 @@ export function loadConfig(env: Record<string, string | undefined>, argv: readon
     maxBodyBytes: s.REALTIME_MAX_BODY_BYTES,
     maxFrameBytes: s.REALTIME_MAX_FRAME_BYTES,
     logLevel: s.REALTIME_LOG_LEVEL,
+    upstream:
+      s.REALTIME_UPSTREAM_URL === undefined
+        ? null
+        : {
+            url: parseUpstreamUrl(s.REALTIME_UPSTREAM_URL),
+            token: s.REALTIME_UPSTREAM_TOKEN ?? null,
+            minIntervalMs: s.REALTIME_UPSTREAM_MIN_INTERVAL_MS,
+            maxIntervalMs: s.REALTIME_UPSTREAM_MAX_INTERVAL_MS,
+          },
   }
+}
+
+/** An http(s) base URL without credentials, query or fragment; returned without trailing slash. */
+function parseUpstreamUrl(value: string): string {
+  // Credentials belong in REALTIME_UPSTREAM_TOKEN: never echo any found in the URL.
+  const shown = JSON.stringify(value.replace(/\/\/[^/?#]*@/, '//***@'))
+  const invalid = (why: string) => new ConfigError(`REALTIME_UPSTREAM_URL=${shown} is invalid: ${why}`)
+  let url: URL
+  try {
+    url = new URL(value)
+  } catch {
+    throw invalid('must be an http(s) URL')
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw invalid('must be an http(s) URL')
+  if (url.username || url.password) throw invalid('must not contain credentials (use REALTIME_UPSTREAM_TOKEN)')
+  if (url.search || url.hash) throw invalid('must not have a query or fragment')
+  return `${url.origin}${url.pathname.replace(/\/+$/, '')}`
 }
 
 /** `--retention-hours 2` and `--retention-hours=2` → { REALTIME_RETENTION_HOURS: '2' }. */

@@ -17,6 +17,7 @@ import { RetentionJob } from './retention'
 import { KeyedRateLimiter } from './rate-limit'
 import { ApiKeyStore } from './store/api-key-store'
 import { SqliteEventStore } from './store/sqlite-event-store'
+import { metaCursorStore, UpstreamSync } from './upstream'
 
 /** Ports tried after the configured one when it is taken. */
 const PORT_FALLBACKS = 20
@@ -73,6 +74,10 @@ export function createRealtimeServer(options: RealtimeServerOptions = {}): Realt
   const auth = createAuthenticator(config.auth, apiKeys)
   const httpLimiter = config.httpRateLimit ? new KeyedRateLimiter(config.httpRateLimit) : null
   const retention = new RetentionJob(store, config.retentionHours * 3_600_000, config.pruneIntervalMs, log)
+  // Upstream sync (REALTIME_UPSTREAM_URL): polls another Switchboard into `events.ingest`; see upstream.ts.
+  const upstream = config.upstream
+    ? new UpstreamSync({ settings: config.upstream, events, cursors: metaCursorStore(database, config.upstream.url), log, localOrgId: config.auth.mode === 'none' ? config.auth.orgId : undefined })
+    : null
   const startedAt = Date.now()
   const health = (): HealthBody => ({
     status: 'ok',
@@ -122,6 +127,7 @@ export function createRealtimeServer(options: RealtimeServerOptions = {}): Realt
         if (closed > 0) log.warn('slow_consumers_closed', { closed, limitBytes: config.slowConsumerBytes })
       }, SLOW_CONSUMER_SWEEP_MS)
       log.info('listening', { host: config.host, port, url: server.url, ws: `${server.url.replace('http', 'ws')}/ws`, db: config.dbPath, auth: config.auth.mode, epoch: store.epoch })
+      upstream?.start()
       return { port, url: server.url }
     },
 
@@ -129,6 +135,7 @@ export function createRealtimeServer(options: RealtimeServerOptions = {}): Realt
       if (state === 'stopping' || state === 'stopped') return
       const wasRunning = state === 'running'
       state = 'stopping'
+      await upstream?.stop()
       await retention.stop()
       clearInterval(slowConsumerSweep)
       hub.closeAll(CloseCode.GoingAway, 'server shutting down')

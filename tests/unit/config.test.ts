@@ -24,6 +24,7 @@ describe('loadConfig', () => {
       maxBodyBytes: 1_048_576,
       maxFrameBytes: 65_536,
       logLevel: 'info',
+      upstream: null,
     })
   })
 
@@ -57,9 +58,45 @@ describe('loadConfig', () => {
     [{ REALTIME_SLOW_CONSUMER_BYTES: '100' }, /^REALTIME_SLOW_CONSUMER_BYTES/],
     [{ REALTIME_ORG_ID: 'a|b' }, /^REALTIME_ORG_ID/],
     [{ REALTIME_MAX_BODY_BYTES: '10' }, /^REALTIME_MAX_BODY_BYTES/],
+    [{ REALTIME_UPSTREAM_URL: 'ftp://example.com' }, /^REALTIME_UPSTREAM_URL="ftp:\/\/example.com" is invalid: must be an http\(s\) URL/],
+    [{ REALTIME_UPSTREAM_URL: 'not a url' }, /^REALTIME_UPSTREAM_URL="not a url" is invalid/],
+    [{ REALTIME_UPSTREAM_URL: 'http://h/?since=3' }, /^REALTIME_UPSTREAM_URL=.* must not have a query/],
+    [{ REALTIME_UPSTREAM_MIN_INTERVAL_MS: '0' }, /^REALTIME_UPSTREAM_MIN_INTERVAL_MS="0" is invalid/],
+    [{ REALTIME_UPSTREAM_MIN_INTERVAL_MS: '5s' }, /^REALTIME_UPSTREAM_MIN_INTERVAL_MS="5s" is invalid/],
+    [{ REALTIME_UPSTREAM_MAX_INTERVAL_MS: '1000' }, /^REALTIME_UPSTREAM_MAX_INTERVAL_MS="1000" is invalid: must be at least REALTIME_UPSTREAM_MIN_INTERVAL_MS \(5000\)/],
   ])('a bad value names its setting: %j', (env, message) => {
     expect(() => loadConfig(env)).toThrow(ConfigError)
     expect(() => loadConfig(env)).toThrow(message)
+  })
+
+  test('upstream sync: off by default, on with a URL (normalised), token and intervals from variables or flags', () => {
+    expect(loadConfig({ REALTIME_UPSTREAM_TOKEN: 'sbk_x' }).upstream).toBeNull()
+    expect(loadConfig({ REALTIME_UPSTREAM_URL: 'https://cloud.example.com/realtime/' }).upstream).toEqual({
+      url: 'https://cloud.example.com/realtime',
+      token: null,
+      minIntervalMs: 5000,
+      maxIntervalMs: 30_000,
+    })
+    const config = loadConfig({ REALTIME_UPSTREAM_URL: 'http://127.0.0.1:4000', REALTIME_UPSTREAM_TOKEN: 'sbk_abc' }, [
+      '--upstream-min-interval-ms=50',
+      '--upstream-max-interval-ms',
+      '200',
+    ])
+    expect(config.upstream).toEqual({ url: 'http://127.0.0.1:4000', token: 'sbk_abc', minIntervalMs: 50, maxIntervalMs: 200 })
+  })
+
+  test('a bad upstream token or a URL with credentials is refused without echoing the secret', () => {
+    const secret = 'tok en-secret-value'
+    expect(() => loadConfig({ REALTIME_UPSTREAM_URL: 'http://h', REALTIME_UPSTREAM_TOKEN: secret })).toThrow(/^REALTIME_UPSTREAM_TOKEN=\(19 characters\) is invalid/)
+    let message = ''
+    try {
+      loadConfig({ REALTIME_UPSTREAM_URL: 'http://user:hunter2@h' })
+    } catch (error) {
+      expect(error).toBeInstanceOf(ConfigError)
+      message = (error as Error).message
+    }
+    expect(message).toContain('must not contain credentials')
+    expect(message).not.toContain('hunter2')
   })
 
   test('unknown or incomplete flags are refused', () => {
