@@ -3,6 +3,8 @@ import type { Authenticator } from './auth'
 import type { Config } from './config'
 import { createApiGate, httpErrors } from './http'
 import type { Logger } from './log'
+import type { Metrics } from './metrics'
+import { metricsModule } from './modules/metrics'
 import type { KeyedRateLimiter } from './rate-limit'
 import type { HealthBody } from './model/http'
 import { debugModule } from './modules/debug'
@@ -30,6 +32,7 @@ export interface AppDeps {
   auth: Authenticator
   /** The per-credential HTTP limit; null when REALTIME_HTTP_RATE_LIMIT is off. */
   httpLimiter: KeyedRateLimiter | null
+  metrics: Metrics
   log: Logger
   health: () => HealthBody
 }
@@ -37,7 +40,7 @@ export interface AppDeps {
 /** The whole HTTP and WebSocket surface, in one chain. Eden clients import `type App`. */
 export function createApp(deps: AppDeps) {
   const { config } = deps
-  const gate = createApiGate(deps.auth, deps.httpLimiter)
+  const gate = createApiGate(deps.auth, deps.httpLimiter, deps.metrics)
   return new Elysia({
     // Bun's own limit is only a backstop (it answers with an empty 413); the JSON 413 comes from
     // http.ts, which needs to see bodies up to the configured limit and a little past it.
@@ -51,7 +54,8 @@ export function createApp(deps: AppDeps) {
       closeOnBackpressureLimit: true,
     },
   })
-    .use(httpErrors(config.maxBodyBytes, deps.log))
+    .use(httpErrors(config.maxBodyBytes, deps.log, deps.metrics))
+    .use(metricsModule(deps.metrics, deps.auth))
     .use(healthModule(deps.health))
     .use(debugModule(config, deps.log))
     .use(gate.plugin)
@@ -69,6 +73,7 @@ export function createApp(deps: AppDeps) {
         auth: deps.auth,
         config,
         log: deps.log,
+        metrics: deps.metrics,
         stats: () => ({ ...deps.health(), lastSeq: deps.store.lastSeq(), epoch: deps.store.epoch }),
       }),
     )

@@ -3,6 +3,7 @@ import { AuthError, type Authenticator, type Principal } from './auth'
 import { ApiError, describeIssue } from './errors'
 import { MAX_JSON_DEPTH, nestsDeeperThan } from './json'
 import type { Logger } from './log'
+import type { Metrics } from './metrics'
 import type { KeyedRateLimiter } from './rate-limit'
 
 /** `Authorization: Bearer <token>` → the token. */
@@ -24,8 +25,9 @@ const QUERY_TOKEN_PATHS = new Set(['/api/events/stream'])
  * body is read: a caller without credentials gets 401, and a limited one 429, not the cost of
  * parsing what it sent. Route modules take the principal with `principalOf`.
  */
-export function createApiGate(auth: Authenticator, limiter: KeyedRateLimiter | null) {
+export function createApiGate(auth: Authenticator, limiter: KeyedRateLimiter | null, metrics?: Metrics) {
   const principals = new WeakMap<Request, Principal>()
+  const reject = refusal(metrics)
   const plugin = new Elysia({ name: 'api-gate' }).onRequest(async ({ request, set }) => {
     const url = new URL(request.url)
     if (!isApiPath(url.pathname)) return
@@ -39,14 +41,14 @@ export function createApiGate(auth: Authenticator, limiter: KeyedRateLimiter | n
       if (!(error instanceof AuthError)) throw error
       set.status = 401
       set.headers['www-authenticate'] = 'Bearer'
-      return errorBody('unauthorized', error.message)
+      return reject('unauthorized', error.message)
     }
     const waitMs = limiter?.hit(principal.credential ?? `${principal.orgId}|${principal.userId}`) ?? 0
     if (waitMs > 0) {
       const seconds = Math.ceil(waitMs / 1000)
       set.status = 429
       set.headers['retry-after'] = String(seconds)
-      return errorBody('rate_limited', `too many requests for this credential; retry in ${seconds} s`)
+      return reject('rate_limited', `too many requests for this credential; retry in ${seconds} s`)
     }
     principals.set(request, principal)
   })
@@ -61,6 +63,12 @@ export function createApiGate(auth: Authenticator, limiter: KeyedRateLimiter | n
 export type ApiGate = ReturnType<typeof createApiGate>
 
 const errorBody = (code: string, message: string) => ({ error: { code, message } })
+
+/** An error body for a refused input, counted in switchboard_rejected_inputs_total by its code. */
+const refusal = (metrics: Metrics | undefined) => (code: string, message: string) => {
+  metrics?.rejected.inc({ reason: code })
+  return errorBody(code, message)
+}
 
 interface Issue {
   code?: string
@@ -84,19 +92,20 @@ function reportedIssue(issue: Issue, value: unknown): Issue {
  * Request limits and the one error mapping of the HTTP API: every error is
  * `{"error":{"code","message"}}` with a fitting status; validation failures are 400 naming the field.
  */
-export const httpErrors = (maxBodyBytes: number, log: Logger) =>
-  new Elysia({ name: 'http-errors' })
+export const httpErrors = (maxBodyBytes: number, log: Logger, metrics?: Metrics) => {
+  const reject = refusal(metrics)
+  return new Elysia({ name: 'http-errors' })
     .onRequest(({ request, set }) => {
       if (request.method !== 'POST' && request.method !== 'PUT' && request.method !== 'PATCH') return
       const length = Number(request.headers.get('content-length') ?? 0)
       if (length > maxBodyBytes) {
         set.status = 413
-        return errorBody('body_too_large', `request body is ${length} bytes; the limit is ${maxBodyBytes}`)
+        return reject('body_too_large', `request body is ${length} bytes; the limit is ${maxBodyBytes}`)
       }
       const type = request.headers.get('content-type') ?? ''
       if (!/^application\/json\b/i.test(type)) {
         set.status = 415
-        return errorBody('unsupported_media_type', 'send the body as JSON with Content-Type: application/json')
+        return reject('unsupported_media_type', 'send the body as JSON with Content-Type: application/json')
       }
     })
     // JSON bodies are read here, under the size limit, so a body sent without Content-Length
@@ -122,12 +131,12 @@ export const httpErrors = (maxBodyBytes: number, log: Logger) =>
       if (error instanceof ApiError) {
         set.status = error.status
         Object.assign(set.headers, error.headers)
-        return errorBody(error.code, error.message)
+        return reject(error.code, error.message)
       }
       if (error instanceof AuthError) {
         set.status = 401
         set.headers['www-authenticate'] = 'Bearer'
-        return errorBody('unauthorized', error.message)
+        return reject('unauthorized', error.message)
       }
       switch (code) {
         case 'VALIDATION': {
@@ -135,17 +144,18 @@ export const httpErrors = (maxBodyBytes: number, log: Logger) =>
           const issue = reportedIssue((thrown.valueError ?? { message: 'invalid value' }) as unknown as Issue, thrown.value)
           const where = thrown.type === 'query' ? 'query' : undefined
           const code = thrown.type === 'query' ? 'invalid_query' : thrown.type === 'params' ? 'invalid_path' : 'invalid_body'
-          return errorBody(code, describeIssue({ path: issue.path ?? [], message: issue.message }, where))
+          return reject(code, describeIssue({ path: issue.path ?? [], message: issue.message }, where))
         }
         case 'PARSE':
           set.status = 400
-          return errorBody('invalid_json', 'request body is not valid JSON')
+          return reject('invalid_json', 'request body is not valid JSON')
         case 'NOT_FOUND':
           set.status = 404
-          return errorBody('not_found', 'no such endpoint')
+          return reject('not_found', 'no such endpoint')
         default:
           log.error('http_error', { code, error: String(error) })
           set.status = 500
           return errorBody('internal_error', 'internal error')
       }
     })
+}

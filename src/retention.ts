@@ -1,4 +1,5 @@
 import type { Logger } from './log'
+import type { Metrics } from './metrics'
 import type { EventStore } from './store/event-store'
 
 /** Rows deleted per transaction: small enough that a prune never holds the event loop for long. */
@@ -19,6 +20,7 @@ export class RetentionJob {
     private readonly intervalMs: number,
     private readonly log: Logger,
     private readonly now: () => number = Date.now,
+    private readonly metrics?: Metrics,
   ) {}
 
   /** Prunes once now (resolving when done), then keeps pruning on the interval until stop(). */
@@ -54,6 +56,7 @@ export class RetentionJob {
       after = next
       await new Promise((resolve) => setImmediate(resolve))
     }
+    this.metrics?.pruned.inc(total)
     if (total > 0) {
       this.log.info('events_pruned', { pruned: total, cutoff, ms: Math.round(performance.now() - started) })
     }

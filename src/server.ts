@@ -9,6 +9,7 @@ import { eventInput } from './model/events'
 import type { HealthBody, IngestResult } from './model/http'
 import { EventService } from './modules/events/service'
 import { LocalBroker } from './realtime/broker'
+import { Metrics } from './metrics'
 import { Hub } from './realtime/hub'
 import { Presence } from './realtime/presence'
 import { RpcRouter } from './realtime/rpc'
@@ -65,15 +66,16 @@ export function createRealtimeServer(options: RealtimeServerOptions = {}): Realt
   const database = openDatabase(config.dbPath)
   const store = new SqliteEventStore(database)
   const apiKeys = new ApiKeyStore(database)
-  const hub = new Hub()
+  const metrics = new Metrics()
+  const hub = new Hub(metrics)
   const presence = new Presence()
   const rpc = new RpcRouter()
   const broker = new LocalBroker((events) => hub.deliver(events))
-  const events = new EventService(store, broker, log)
-  const streams = new Streams({ hub, store, events, log, slowConsumerBytes: config.slowConsumerBytes, keepAliveMs: config.sseKeepAliveMs })
+  const events = new EventService(store, broker, log, metrics)
+  const streams = new Streams({ hub, store, events, log, metrics, slowConsumerBytes: config.slowConsumerBytes, keepAliveMs: config.sseKeepAliveMs })
   const auth = createAuthenticator(config.auth, apiKeys)
   const httpLimiter = config.httpRateLimit ? new KeyedRateLimiter(config.httpRateLimit) : null
-  const retention = new RetentionJob(store, config.retentionHours * 3_600_000, config.pruneIntervalMs, log)
+  const retention = new RetentionJob(store, config.retentionHours * 3_600_000, config.pruneIntervalMs, log, Date.now, metrics)
   // Upstream sync (REALTIME_UPSTREAM_URL): polls another Switchboard into `events.ingest`; see upstream.ts.
   const upstream = config.upstream
     ? new UpstreamSync({ settings: config.upstream, events, cursors: metaCursorStore(database, config.upstream.url), log, localOrgId: config.auth.mode === 'none' ? config.auth.orgId : undefined })
@@ -86,7 +88,15 @@ export function createRealtimeServer(options: RealtimeServerOptions = {}): Realt
     eventsStored: store.count(),
     uptime: Math.floor((Date.now() - startedAt) / 1000),
   })
-  const app = createApp({ config, store, hub, presence, rpc, streams, events, auth, httpLimiter, log, health })
+  metrics.observe({
+    connections: () => hub.connections,
+    subscriptions: () => hub.subscriptions,
+    channels: () => hub.channels,
+    streams: () => streams.size,
+    eventsStored: () => store.count(),
+    databaseBytes: () => store.sizeBytes(),
+  })
+  const app = createApp({ config, store, hub, presence, rpc, streams, events, auth, httpLimiter, metrics, log, health })
   let port = 0
   let slowConsumerSweep: ReturnType<typeof setInterval> | undefined
   let state: 'new' | 'running' | 'stopping' | 'stopped' = 'new'
@@ -124,7 +134,9 @@ export function createRealtimeServer(options: RealtimeServerOptions = {}): Realt
       hub.attach(app.server!)
       slowConsumerSweep = setInterval(() => {
         const closed = hub.closeSlowConsumers(config.slowConsumerBytes, CloseCode.SlowConsumer, 'slow consumer: resume from your last seq')
-        if (closed > 0) log.warn('slow_consumers_closed', { closed, limitBytes: config.slowConsumerBytes })
+        if (closed === 0) return
+        log.warn('slow_consumers_closed', { closed, limitBytes: config.slowConsumerBytes })
+        metrics.closes.inc({ reason: 'slow_consumer' }, closed)
       }, SLOW_CONSUMER_SWEEP_MS)
       log.info('listening', { host: config.host, port, url: server.url, ws: `${server.url.replace('http', 'ws')}/ws`, db: config.dbPath, auth: config.auth.mode, epoch: store.epoch })
       upstream?.start()

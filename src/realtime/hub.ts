@@ -1,5 +1,6 @@
 import type { Server } from 'bun'
 import type { StoredEvent } from '../store/event-store'
+import type { Metrics } from '../metrics'
 import { eventFrame, topicOf } from './frames'
 
 /** What the hub and sessions need of a connection; Bun's ServerWebSocket has it all. */
@@ -20,7 +21,11 @@ export type StreamListener = (event: StoredEvent, channelId: string) => void
  * Streams (SSE) listen to the same organisation-scoped topics through `listen`.
  */
 export class Hub {
-  private server: Pick<Server<unknown>, 'publish'> | null = null
+  private server: Pick<Server<unknown>, 'publish' | 'subscriberCount'> | null = null
+  private subscriptionCount = 0
+
+  constructor(private readonly metrics?: Metrics) {}
+
   private readonly topicsOf = new Map<Socket, Set<string>>()
   private readonly subscribers = new Map<string, number>()
   /** Authenticated sockets per user (`orgId|userId`), for per-user limits and the session policy. */
@@ -28,7 +33,7 @@ export class Hub {
   private readonly userOf = new Map<Socket, string>()
   private readonly listeners = new Map<string, Set<StreamListener>>()
 
-  attach(server: Pick<Server<unknown>, 'publish'>): void {
+  attach(server: Pick<Server<unknown>, 'publish' | 'subscriberCount'>): void {
     this.server = server
   }
 
@@ -41,6 +46,7 @@ export class Hub {
     const topics = this.topicsOf.get(socket)
     if (!topics) return
     for (const topic of topics) this.release(topic)
+    this.subscriptionCount -= topics.size
     this.topicsOf.delete(socket)
     const user = this.userOf.get(socket)
     if (user === undefined) return
@@ -85,6 +91,7 @@ export class Hub {
     const topic = topicOf(orgId, channelId)
     if (!topics || topics.has(topic)) return
     topics.add(topic)
+    this.subscriptionCount++
     this.subscribers.set(topic, (this.subscribers.get(topic) ?? 0) + 1)
     socket.subscribe(topic)
   }
@@ -92,6 +99,7 @@ export class Hub {
   unsubscribe(socket: Socket, orgId: string, channelId: string): void {
     const topic = topicOf(orgId, channelId)
     if (!this.topicsOf.get(socket)?.delete(topic)) return
+    this.subscriptionCount--
     this.release(topic)
     socket.unsubscribe(topic)
   }
@@ -103,14 +111,24 @@ export class Hub {
   deliver(events: readonly StoredEvent[]): void {
     const server = this.server
     if (!server || (this.subscribers.size === 0 && this.listeners.size === 0)) return
+    const started = performance.now()
+    let delivered = 0
     for (const event of events) {
       for (const channel of event.channels) {
         const topic = topicOf(event.orgId, channel)
-        if (this.subscribers.has(topic)) server.publish(topic, eventFrame(event, channel))
+        if (this.subscribers.has(topic)) {
+          server.publish(topic, eventFrame(event, channel))
+          delivered += server.subscriberCount(topic)
+        }
         const listeners = this.listeners.get(topic)
-        if (listeners) for (const listener of listeners) listener(event, channel)
+        if (listeners) {
+          for (const listener of listeners) listener(event, channel)
+          delivered += listeners.size
+        }
       }
     }
+    this.metrics?.delivered.inc(delivered)
+    this.metrics?.fanoutSeconds.observe((performance.now() - started) / 1000)
   }
 
   /** Adds a stream's listener to a channel; returns its removal. */
@@ -131,6 +149,11 @@ export class Hub {
 
   closeAll(code: number, reason: string): void {
     for (const socket of [...this.topicsOf.keys()]) socket.close(code, reason)
+  }
+
+  /** Channel subscriptions held by open sockets. */
+  get subscriptions(): number {
+    return this.subscriptionCount
   }
 
   get connections(): number {

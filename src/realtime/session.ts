@@ -3,6 +3,7 @@ import { AuthError, type Authenticator, type Principal } from '../auth'
 import type { Config } from '../config'
 import { ApiError, CloseCode, describeIssue, WsErrorCode } from '../errors'
 import type { Logger } from '../log'
+import type { Metrics } from '../metrics'
 import { MAX_JSON_DEPTH, nestsDeeperThan } from '../json'
 import {
   CLIENT_MESSAGE_TYPES,
@@ -41,6 +42,7 @@ export interface SessionDeps {
   auth: Authenticator
   config: Pick<Config, 'rateLimit' | 'authTimeoutMs' | 'sessionPolicy' | 'maxConnections' | 'maxConnectionsPerUser' | 'maxSubscriptions'>
   log: Logger
+  metrics?: Metrics
   stats: () => Record<string, unknown>
 }
 
@@ -84,7 +86,7 @@ export class Session {
     this.deps.hub.add(this.socket)
     if (this.deps.hub.connections > this.deps.config.maxConnections) {
       this.deps.log.warn('connection_limit', { connections: this.deps.hub.connections })
-      this.socket.close(CloseCode.TooManyConnections, 'connection limit reached')
+      this.closeWith(CloseCode.TooManyConnections, 'connection limit reached', 'too_many_connections')
       return
     }
     if (!this.deps.auth.required) {
@@ -94,16 +96,17 @@ export class Session {
     } else {
       this.authTimer = setTimeout(() => {
         this.deps.log.info('auth_timeout')
-        this.socket.close(CloseCode.AuthTimeout, 'no auth message in time')
+        this.closeWith(CloseCode.AuthTimeout, 'no auth message in time', 'auth_timeout')
       }, this.deps.config.authTimeoutMs)
     }
   }
 
   received(raw: unknown): void {
     if (this.isClosed) return
+    this.deps.metrics?.inbound.inc()
     if (!this.withinRateLimit()) {
       this.deps.log.warn('rate_limit_hit', { userId: this.principal?.userId })
-      this.socket.close(CloseCode.RateLimited, 'rate limit exceeded')
+      this.closeWith(CloseCode.RateLimited, 'rate limit exceeded', 'rate_limited')
       return
     }
     this.inbox = this.inbox.then(() => this.handle(raw)).catch((error) => this.failed(error))
@@ -156,9 +159,10 @@ export class Session {
     const others = hub.signIn(this.socket, principal.orgId, principal.userId)
     if (config.sessionPolicy === 'single') {
       for (const other of others) other.close(CloseCode.SessionReplaced, 'a newer session of this user started')
+      this.deps.metrics?.closes.inc({ reason: 'session_replaced' }, others.length)
     } else if (others.length >= config.maxConnectionsPerUser) {
       log.warn('connection_limit_per_user', { userId: principal.userId, connections: others.length })
-      this.socket.close(CloseCode.TooManyConnections, 'connection limit for this user reached')
+      this.closeWith(CloseCode.TooManyConnections, 'connection limit for this user reached', 'too_many_connections')
       return
     }
     if (this.clientId) presence.socketOpened(principal, this.clientId)
@@ -195,7 +199,7 @@ export class Session {
     } catch (error) {
       const reason = error instanceof AuthError ? error.message : 'authentication failed'
       this.deps.log.info('auth_failed', { reason })
-      this.socket.close(CloseCode.Unauthorized, reason)
+      this.closeWith(CloseCode.Unauthorized, reason, 'unauthorized')
     }
   }
 
@@ -408,7 +412,13 @@ export class Session {
   }
 
   private error(code: string, message: string, extra: { channelId?: string; requestId?: string } = {}): void {
+    this.deps.metrics?.rejected.inc({ reason: code })
     this.send({ type: 'error', code, message, ...extra })
+  }
+
+  private closeWith(code: number, reason: string, metric: string): void {
+    this.deps.metrics?.closes.inc({ reason: metric })
+    this.socket.close(code, reason)
   }
 
   private send(message: ServerMessage): void {

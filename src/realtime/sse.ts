@@ -1,5 +1,6 @@
 import type { Principal } from '../auth'
 import type { Logger } from '../log'
+import type { Metrics } from '../metrics'
 import type { EventService } from '../modules/events/service'
 import type { EventStore, StoredEvent } from '../store/event-store'
 import { eventFrame } from './frames'
@@ -29,6 +30,7 @@ export interface StreamDeps {
   store: EventStore
   events: EventService
   log: Logger
+  metrics?: Metrics
   /** Queued bytes past which a reader that stopped reading is cut off (as for sockets). */
   slowConsumerBytes: number
   /** A comment line this often keeps proxies from closing an idle stream. */
@@ -95,6 +97,7 @@ export class Streams {
       controller.enqueue(encoder.encode(text))
       if (HIGH_WATER - (controller.desiredSize ?? 0) > slowConsumerBytes) {
         log.warn('slow_consumers_closed', { closed: 1, transport: 'sse', limitBytes: slowConsumerBytes })
+        this.deps.metrics?.closes.inc({ reason: 'slow_consumer' })
         controller.enqueue(encoder.encode('event: slow_consumer\ndata: {"reason":"resume from your last event id"}\n\n'))
         end()
       }

@@ -52,6 +52,8 @@ export interface EventStore {
   lastSeq(): number
   /** Events currently stored. */
   count(): number
+  /** Bytes the store occupies (for the database size metric). */
+  sizeBytes(): number
   close(): void
 }
 

@@ -1,4 +1,5 @@
 import { and, asc, count, eq, gt, gte, inArray, lt, sql } from 'drizzle-orm'
+import { statSync } from 'node:fs'
 import type { OpenedDatabase } from '../db/client'
 import { channelState, eventChannels, events, meta, pruneMarks } from '../db/schema'
 import { isDeletingType, type StateChange, stateChangeOf } from '../model/state'
@@ -330,6 +331,18 @@ export class SqliteEventStore implements EventStore {
 
   count(): number {
     return this.stored
+  }
+
+  sizeBytes(): number {
+    const { sqlite } = this.database
+    const pages = sqlite.query<{ bytes: number }, []>('SELECT page_count * page_size AS bytes FROM pragma_page_count(), pragma_page_size()').get()
+    let wal = 0
+    try {
+      wal = statSync(`${sqlite.filename}-wal`).size
+    } catch {
+      // no write-ahead log (:memory:, or nothing written since the last checkpoint)
+    }
+    return (pages?.bytes ?? 0) + wal
   }
 
   close(): void {

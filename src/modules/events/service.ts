@@ -1,6 +1,7 @@
 import type { Principal } from '../../auth'
 import { ApiError, badRequest, forbidden } from '../../errors'
 import type { Logger } from '../../log'
+import type { Metrics } from '../../metrics'
 import { ChannelDerivationError, deriveChannels, orgOfChannel } from '../../model/channels'
 import { stateChangeOf } from '../../model/state'
 import type { EventInput } from '../../model/events'
@@ -11,6 +12,8 @@ import type { EventStore, NewEvent } from '../../store/event-store'
 
 interface Pending {
   events: NewEvent[]
+  /** performance.now() when the ingest was queued, for the latency histogram. */
+  queuedAt: number
   resolve(result: IngestResult): void
   reject(error: unknown): void
 }
@@ -36,6 +39,7 @@ export class EventService {
     private readonly store: EventStore,
     private readonly broker: Broker,
     private readonly log: Logger,
+    private readonly metrics?: Metrics,
     private readonly now: () => number = Date.now,
   ) {}
 
@@ -47,7 +51,7 @@ export class EventService {
       return Promise.reject(error)
     }
     return new Promise<IngestResult>((resolve, reject) => {
-      this.queue.push({ events, resolve, reject })
+      this.queue.push({ events, queuedAt: performance.now(), resolve, reject })
       if (!this.flushScheduled) {
         this.flushScheduled = true
         setImmediate(() => this.flush())
@@ -71,6 +75,10 @@ export class EventService {
     }
     const stored = results.filter((result) => result !== 'duplicate')
     if (stored.length > 0) this.broker.publish(stored)
+    const committedAt = performance.now()
+    this.metrics?.ingested.inc(stored.length)
+    this.metrics?.deduplicated.inc(results.length - stored.length)
+    for (const pending of batch) this.metrics?.ingestSeconds.observe((committedAt - pending.queuedAt) / 1000)
     let offset = 0
     for (const pending of batch) {
       const mine = results.slice(offset, offset + pending.events.length)
