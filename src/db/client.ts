@@ -19,13 +19,18 @@ export interface OpenedDatabase {
  * Opens (creating if needed) the SQLite file and brings its tables up to date.
  * WAL lets readers run beside the writer; `synchronous = NORMAL` makes every commit durable
  * against a crash or kill of this process (the OS holds the WAL), trading only the last
- * transactions on power loss for a much faster commit.
+ * transactions on power loss (fsync happens at checkpoints) for a much faster commit.
  */
 export function openDatabase(path: string): OpenedDatabase {
   if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true })
   const sqlite = new Database(path, { create: true, strict: true })
   sqlite.run('PRAGMA journal_mode = WAL')
   sqlite.run('PRAGMA synchronous = NORMAL')
+  // Checkpoint every 16 384 pages (64 MiB) rather than 1 000: hot index pages are then copied into
+  // the database once per checkpoint instead of many times, a third more ingest (BENCHMARKS.md);
+  // the log is truncated back to 64 MiB after each checkpoint.
+  sqlite.run('PRAGMA wal_autocheckpoint = 16384')
+  sqlite.run('PRAGMA journal_size_limit = 67108864')
   sqlite.run('PRAGMA busy_timeout = 5000')
   const db = drizzle({ client: sqlite, schema })
   migrate(db, { migrationsFolder: MIGRATIONS })

@@ -26,7 +26,9 @@ export const events = sqliteTable(
     /** The entity key given at ingest, if any (else the catalogue derives it: model/state.ts). */
     key: text('key'),
   },
-  (t) => [index('events_timestamp').on(t.timestamp), index('events_org_seq').on(t.orgId, t.seq)],
+  // No index on timestamp: retention walks the log in seq order (see EventStore.pruneBefore), and
+  // every index costs ingest 5-10 % (BENCHMARKS.md).
+  (t) => [index('events_org_seq').on(t.orgId, t.seq)],
 )
 
 /**
@@ -69,7 +71,7 @@ export const channelState = sqliteTable(
     key: text('key').notNull(),
     seq: integer('seq').notNull(),
   },
-  (t) => [primaryKey({ columns: [t.orgId, t.channel, t.key] }), index('channel_state_seq').on(t.seq)],
+  (t) => [primaryKey({ columns: [t.orgId, t.channel, t.key] })],
 )
 
 /** Small key/value facts about this database, such as its `epoch`. */

@@ -30,8 +30,9 @@ export interface EventStore {
   /** The highest seq ever pruned from a channel (or, with channel undefined, the organisation); 0 if none. */
   prunedThrough(orgId: string, channel?: string): number
   /**
-   * One step of retention: examines up to `limit` events with timestamp < cutoff and seq > after,
-   * ascending. Each such event leaves every channel where it is not the latest event of a live
+   * One step of retention: examines up to `limit` events with seq > after, ascending (a walk from
+   * `after = 0` to the end, resumed with the returned `next`); those with timestamp < cutoff are
+   * expired. Each such event leaves every channel where it is not the latest event of a live
    * entity, and the log once it is in no channel. A deleting event (task.deleted, …) is kept while
    * it comes at or after the first event that has not expired: an earlier event of what it deleted
    * may still be there, and what remains of a channel must always replay to the same state.

@@ -10,6 +10,10 @@ const STATE_VERSION = '1'
 /** Events read per step while rebuilding the state. */
 const REBUILD_CHUNK = 5000
 
+/** One page of a channel's replay: a range of event_channels' primary key, then rowid lookups. */
+export const REPLAY_SQL = `SELECT e.* FROM event_channels c JOIN events e ON e.seq = c.seq
+  WHERE c.org_id = ? AND c.channel = ? AND c.seq > ? ORDER BY c.seq LIMIT ?`
+
 /** The organisation-wide entry in prune_marks (not a valid channel id, so it cannot collide). */
 const WHOLE_ORG = '*'
 
@@ -26,13 +30,13 @@ export class SqliteEventStore implements EventStore {
   private readonly selectChannel
   private readonly selectOrg
   private readonly selectMark
-  private readonly selectExpired
+  private readonly selectPrunable
   private readonly deleteEvent
   private readonly deleteChannel
   private readonly raiseMark
-  private readonly selectHorizon
-  private horizon: { cutoff: number; seq: number } | undefined
-  private readonly selectLive
+  private readonly selectStateSeq
+  /** Whether the prune walk in progress has passed an event that has not expired (see pruneBefore). */
+  private walk: { cutoff: number; passedUnexpired: boolean } | undefined
   private readonly selectRow
   private readonly setState
   private readonly deleteState
@@ -49,60 +53,50 @@ export class SqliteEventStore implements EventStore {
     const sequence = sqlite.query<{ seq: number }, []>("SELECT seq FROM sqlite_sequence WHERE name = 'events'").get()
     this.highestSeq = sequence?.seq ?? 0
 
-    this.insertEvent = db
-      .insert(events)
-      .values({
-        id: p('id'),
-        orgId: p('orgId'),
-        userId: p('userId'),
-        type: p('type'),
-        payload: p('payload'),
-        timestamp: p('timestamp'),
-        receivedAt: p('receivedAt'),
-        channels: p('channels'),
-        key: p('key'),
-      })
-      .onConflictDoNothing({ target: events.id })
-      .returning({ seq: events.seq })
-      .prepare()
-    this.insertChannel = db
-      .insert(eventChannels)
-      .values({ orgId: p('orgId'), channel: p('channel'), seq: p('seq') })
-      .prepare()
-    this.selectChannel = db
-      .select({ event: events })
-      .from(eventChannels)
-      .innerJoin(events, eq(events.seq, eventChannels.seq))
-      .where(
-        and(eq(eventChannels.orgId, p('orgId')), eq(eventChannels.channel, p('channel')), gt(eventChannels.seq, p('after'))),
-      )
-      .orderBy(asc(eventChannels.seq))
-      .limit(p('limit'))
-      .prepare()
-    this.selectOrg = db
-      .select()
-      .from(events)
-      .where(and(eq(events.orgId, p('orgId')), gt(events.seq, p('after'))))
-      .orderBy(asc(events.seq))
-      .limit(p('limit'))
-      .prepare()
+    // The hot paths (append, replay, snapshot) use bun:sqlite's prepared statements directly:
+    // Drizzle's named-placeholder mapping cost a third of the ingest time (bench/README.md).
+    this.insertEvent = sqlite.prepare<never, [string, string, string, string, string, number, number, string, string | null]>(
+      `INSERT INTO events (id, org_id, user_id, type, payload, timestamp, received_at, channels, key)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`,
+    )
+    this.insertChannel = sqlite.prepare<never, [string, string, number]>('INSERT INTO event_channels (org_id, channel, seq) VALUES (?, ?, ?)')
+    this.setState = sqlite.prepare<never, [string, string, string, number]>(
+      'INSERT INTO channel_state (org_id, channel, key, seq) VALUES (?, ?, ?, ?) ON CONFLICT (org_id, channel, key) DO UPDATE SET seq = excluded.seq',
+    )
+    this.deleteState = sqlite.prepare<never, [string, string, string]>('DELETE FROM channel_state WHERE org_id = ? AND channel = ? AND key = ?')
+    this.purgeState = sqlite.prepare<never, [string, string, string, string]>(
+      'DELETE FROM channel_state WHERE org_id = ? AND channel = ? AND key >= ? AND key < ?',
+    )
+    this.selectChannel = sqlite.prepare<EventRow, [string, string, number, number]>(REPLAY_SQL)
+    this.selectOrg = sqlite.prepare<EventRow, [string, number, number]>('SELECT * FROM events WHERE org_id = ? AND seq > ? ORDER BY seq LIMIT ?')
+    this.selectState = sqlite.prepare<EventRow, [string, string]>(
+      `SELECT e.* FROM channel_state s JOIN events e ON e.seq = s.seq WHERE s.org_id = ? AND s.channel = ? ORDER BY s.seq`,
+    )
+
     this.selectMark = db
       .select({ prunedSeq: pruneMarks.prunedSeq })
       .from(pruneMarks)
       .where(and(eq(pruneMarks.orgId, p('orgId')), eq(pruneMarks.channel, p('channel'))))
       .prepare()
-    this.selectExpired = db
-      .select({ seq: events.seq, orgId: events.orgId, channels: events.channels, type: events.type })
+    this.selectPrunable = db
+      .select({
+        seq: events.seq,
+        orgId: events.orgId,
+        channels: events.channels,
+        type: events.type,
+        payload: events.payload,
+        key: events.key,
+        timestamp: events.timestamp,
+      })
       .from(events)
-      .where(and(gt(events.seq, p('after')), lt(events.timestamp, p('cutoff'))))
+      .where(gt(events.seq, p('after')))
       .orderBy(asc(events.seq))
       .limit(p('limit'))
       .prepare()
-    this.selectHorizon = sqlite.query<{ seq: number | null }, [number]>('SELECT min(seq) AS seq FROM events WHERE timestamp >= ?')
-    this.selectLive = db
-      .select({ one: sql`1` })
+    this.selectStateSeq = db
+      .select({ seq: channelState.seq })
       .from(channelState)
-      .where(and(eq(channelState.seq, p('seq')), eq(channelState.orgId, p('orgId')), eq(channelState.channel, p('channel'))))
+      .where(and(eq(channelState.orgId, p('orgId')), eq(channelState.channel, p('channel')), eq(channelState.key, p('key'))))
       .prepare()
     this.selectRow = db
       .select({ one: sql`1` })
@@ -122,33 +116,6 @@ export class SqliteEventStore implements EventStore {
         set: { prunedSeq: sql`max(${pruneMarks.prunedSeq}, excluded.pruned_seq)` },
       })
       .prepare()
-    this.setState = db
-      .insert(channelState)
-      .values({ orgId: p('orgId'), channel: p('channel'), key: p('key'), seq: p('seq') })
-      .onConflictDoUpdate({ target: [channelState.orgId, channelState.channel, channelState.key], set: { seq: sql`excluded.seq` } })
-      .prepare()
-    this.deleteState = db
-      .delete(channelState)
-      .where(and(eq(channelState.orgId, p('orgId')), eq(channelState.channel, p('channel')), eq(channelState.key, p('key'))))
-      .prepare()
-    this.purgeState = db
-      .delete(channelState)
-      .where(
-        and(
-          eq(channelState.orgId, p('orgId')),
-          eq(channelState.channel, p('channel')),
-          gte(channelState.key, p('from')),
-          lt(channelState.key, p('to')),
-        ),
-      )
-      .prepare()
-    this.selectState = db
-      .select({ event: events })
-      .from(channelState)
-      .innerJoin(events, eq(events.seq, channelState.seq))
-      .where(and(eq(channelState.orgId, p('orgId')), eq(channelState.channel, p('channel'))))
-      .orderBy(asc(channelState.seq))
-      .prepare()
     this.countChannelAfter = sqlite.query<{ n: number }, [string, string, number, number]>(
       'SELECT count(*) AS n FROM (SELECT 1 FROM event_channels WHERE org_id = ? AND channel = ? AND seq > ? LIMIT ?)',
     )
@@ -167,23 +134,24 @@ export class SqliteEventStore implements EventStore {
   append(batch: readonly NewEvent[]): Array<StoredEvent | 'duplicate'> {
     const results = this.database.sqlite.transaction(() =>
       batch.map((event): StoredEvent | 'duplicate' => {
-        const row = this.insertEvent.get({
-          id: event.id,
-          orgId: event.orgId,
-          userId: event.userId,
-          type: event.type,
-          payload: event.payload,
-          timestamp: event.timestamp,
-          receivedAt: event.receivedAt,
-          channels: JSON.stringify(event.channels),
-          key: event.key ?? null,
-        })
-        if (!row) return 'duplicate'
+        const { changes, lastInsertRowid } = this.insertEvent.run(
+          event.id,
+          event.orgId,
+          event.userId,
+          event.type,
+          event.payload,
+          event.timestamp,
+          event.receivedAt,
+          JSON.stringify(event.channels),
+          event.key ?? null,
+        )
+        if (changes === 0) return 'duplicate'
+        const seq = Number(lastInsertRowid)
         for (const channel of event.channels) {
-          this.insertChannel.run({ orgId: event.orgId, channel, seq: row.seq })
-          if (event.state) this.applyState(event.orgId, channel, event.state, row.seq)
+          this.insertChannel.run(event.orgId, channel, seq)
+          if (event.state) this.applyState(event.orgId, channel, event.state, seq)
         }
-        return { ...event, seq: row.seq }
+        return { ...event, seq }
       }),
     )()
     // Counters change only once the transaction has committed.
@@ -196,28 +164,15 @@ export class SqliteEventStore implements EventStore {
   }
 
   readChannel(orgId: string, channel: string, after: number, limit: number): StoredEvent[] {
-    return this.selectChannel.all({ orgId, channel, after, limit }).map((row) => toStored(row.event))
+    return this.selectChannel.all(orgId, channel, after, limit).map(fromRow)
   }
 
   readChannels(orgId: string, channels: readonly string[], after: number, limit: number): StoredEvent[] {
-    return this.selectChannels.all(orgId, JSON.stringify(channels), after, limit).map((row) =>
-      toStored({
-        seq: row.seq,
-        id: row.id,
-        orgId: row.org_id,
-        userId: row.user_id,
-        type: row.type,
-        payload: row.payload,
-        timestamp: row.timestamp,
-        receivedAt: row.received_at,
-        channels: row.channels,
-        key: row.key,
-      }),
-    )
+    return this.selectChannels.all(orgId, JSON.stringify(channels), after, limit).map(fromRow)
   }
 
   readOrg(orgId: string, after: number, limit: number): StoredEvent[] {
-    return this.selectOrg.all({ orgId, after, limit }).map(toStored)
+    return this.selectOrg.all(orgId, after, limit).map(fromRow)
   }
 
   prunedThrough(orgId: string, channel?: string): number {
@@ -225,16 +180,24 @@ export class SqliteEventStore implements EventStore {
   }
 
   pruneBefore(cutoff: number, after: number, limit: number): { pruned: number; next: number | null } {
+    // The walk goes through the log in seq order from `after = 0`; it remembers whether it has
+    // passed an unexpired event, which is what keeps a deletion (no index on timestamp needed).
+    if (after === 0 || this.walk?.cutoff !== cutoff) this.walk = { cutoff, passedUnexpired: false }
+    const walk = this.walk
     const result = this.database.sqlite.transaction(() => {
-      const horizon = this.horizonFor(cutoff)
-      const expired = this.selectExpired.all({ cutoff, after, limit })
+      const rows = this.selectPrunable.all({ after, limit })
       let pruned = 0
-      for (const { seq, orgId, channels, type } of expired) {
-        if (seq >= horizon && isDeletingType(type)) continue
+      for (const { seq, orgId, channels, type, payload, key, timestamp } of rows) {
+        if (timestamp >= cutoff) {
+          walk.passedUnexpired = true
+          continue
+        }
+        if (walk.passedUnexpired && isDeletingType(type)) continue
+        const change = stateChangeOf(type, JSON.parse(payload) as Record<string, unknown>, key)
         let kept = 0
         for (const channel of JSON.parse(channels) as string[]) {
           // The latest event of a live entity outlives retention, in the channels where it is that.
-          if (this.selectLive.get({ seq, orgId, channel })) {
+          if (change?.op === 'set' && this.selectStateSeq.get({ orgId, channel, key: change.key })?.seq === seq) {
             kept++
             continue
           }
@@ -246,26 +209,15 @@ export class SqliteEventStore implements EventStore {
         this.deleteEvent.run({ seq })
         pruned++
       }
-      return { pruned, next: expired.length < limit ? null : expired.at(-1)!.seq }
+      return { pruned, next: rows.length < limit ? null : rows.at(-1)!.seq }
     })()
     this.stored -= result.pruned
     return result
   }
 
-  /**
-   * The seq of the first event not expired at `cutoff`. It only grows while a prune runs (new
-   * events come after it), so it is read once per cutoff rather than once per chunk.
-   */
-  private horizonFor(cutoff: number): number {
-    if (this.horizon?.cutoff !== cutoff) {
-      this.horizon = { cutoff, seq: this.selectHorizon.get(cutoff)?.seq ?? Number.MAX_SAFE_INTEGER }
-    }
-    return this.horizon.seq
-  }
-
   snapshot(orgId: string, channel: string): { seq: number; entities: StoredEvent[] } {
     // One synchronous read: no commit can fall between the rows and the seq they are complete to.
-    return { seq: this.highestSeq, entities: this.selectState.all({ orgId, channel }).map((row) => toStored(row.event)) }
+    return { seq: this.highestSeq, entities: this.selectState.all(orgId, channel).map(fromRow) }
   }
 
   countAfter(orgId: string, channel: string, after: number, cap: number): number {
@@ -313,14 +265,14 @@ export class SqliteEventStore implements EventStore {
   private applyState(orgId: string, channel: string, change: StateChange, seq: number): void {
     switch (change.op) {
       case 'set':
-        this.setState.run({ orgId, channel, key: change.key, seq })
+        this.setState.run(orgId, channel, change.key, seq)
         return
       case 'delete':
-        for (const key of change.keys) this.deleteState.run({ orgId, channel, key })
+        for (const key of change.keys) this.deleteState.run(orgId, channel, key)
         return
       case 'purge':
         // Keys are `<kind>:<id>`: every key of the kind sorts in [prefix, prefix with its last character + 1).
-        this.purgeState.run({ orgId, channel, from: change.prefix, to: `${change.prefix.slice(0, -1)}${String.fromCharCode(change.prefix.charCodeAt(change.prefix.length - 1) + 1)}` })
+        this.purgeState.run(orgId, channel, change.prefix, `${change.prefix.slice(0, -1)}${String.fromCharCode(change.prefix.charCodeAt(change.prefix.length - 1) + 1)}`)
         return
     }
   }
@@ -364,6 +316,40 @@ interface EventRow {
   key: string | null
 }
 
-function toStored(row: typeof events.$inferSelect): StoredEvent {
-  return { ...row, channels: JSON.parse(row.channels) as string[] }
+/**
+ * A stored event read back. `channels` is parsed only when asked for: replays and snapshots build
+ * frames without it, and parsing it per row was a tenth of the replay time.
+ */
+class StoredRow implements StoredEvent {
+  readonly seq: number
+  readonly id: string
+  readonly orgId: string
+  readonly userId: string
+  readonly type: string
+  readonly payload: string
+  readonly timestamp: number
+  readonly receivedAt: number
+  readonly key: string | null
+  private readonly channelsJson: string
+  private parsedChannels: string[] | undefined
+
+  constructor(row: EventRow) {
+    this.seq = row.seq
+    this.id = row.id
+    this.orgId = row.org_id
+    this.userId = row.user_id
+    this.type = row.type
+    this.payload = row.payload
+    this.timestamp = row.timestamp
+    this.receivedAt = row.received_at
+    this.key = row.key
+    this.channelsJson = row.channels
+  }
+
+  get channels(): string[] {
+    this.parsedChannels ??= JSON.parse(this.channelsJson) as string[]
+    return this.parsedChannels
+  }
 }
+
+const fromRow = (row: EventRow): StoredEvent => new StoredRow(row)

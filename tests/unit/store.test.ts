@@ -5,7 +5,7 @@ import { silentLogger } from '../../src/log'
 import { EventService } from '../../src/modules/events/service'
 import { LocalBroker } from '../../src/realtime/broker'
 import type { NewEvent, StoredEvent } from '../../src/store/event-store'
-import { SqliteEventStore } from '../../src/store/sqlite-event-store'
+import { REPLAY_SQL, SqliteEventStore } from '../../src/store/sqlite-event-store'
 import { tempDir } from '../helpers/server'
 
 const cleanups: Array<() => void> = []
@@ -36,11 +36,11 @@ describe('SqliteEventStore', () => {
     const store = openStore()
     const { sqlite } = (store as unknown as { database: ReturnType<typeof openDatabase> }).database
     const plan = sqlite
-      .query('EXPLAIN QUERY PLAN ' + (store as unknown as { selectChannel: { getQuery(): { sql: string } } }).selectChannel.getQuery().sql)
+      .query(`EXPLAIN QUERY PLAN ${REPLAY_SQL}`)
       .all('acme', 'agent:a', 0, 10) as Array<{ detail: string }>
     const details = plan.map((row) => row.detail).join(' | ')
-    expect(details).toMatch(/SEARCH event_channels USING (COVERING )?INDEX sqlite_autoindex_event_channels_1 \(org_id=\? AND channel=\? AND seq>\?\)/)
-    expect(details).toMatch(/SEARCH events USING INTEGER PRIMARY KEY/)
+    expect(details).toMatch(/SEARCH c USING (COVERING )?INDEX sqlite_autoindex_event_channels_1 \(org_id=\? AND channel=\? AND seq>\?\)/)
+    expect(details).toMatch(/SEARCH e USING INTEGER PRIMARY KEY/)
     expect(details).not.toMatch(/SCAN/)
   })
 
