@@ -57,13 +57,14 @@ export class Session {
   private generation = 0
   private authTimer: ReturnType<typeof setTimeout> | undefined
   private readonly rateWindow: FixedWindow | null
-  private drainWaiters: Array<() => void> = []
+  /** Replays waiting for the socket to drain (allocated when one waits: most sockets never do). */
+  private drainWaiters: Array<() => void> | undefined
   private isClosed = false
   private clientId: string | undefined
   /** Set once the connection announced itself with `hello`: it can then be called. */
   private endpoint: (Endpoint & { kind?: string; methods: Set<string> }) | undefined
-  /** Who this connection is as a caller before it says `hello`. */
-  private readonly caller: Caller = {}
+  /** Who this connection is as a caller before it says `hello` (made at its first call). */
+  private callerIdentity: Caller | undefined
   /**
    * Messages are handled one after another, each after the previous one's authentication has
    * settled, so `auth` followed at once by `subscribe` works. Replays run beside the inbox.
@@ -147,8 +148,8 @@ export class Session {
 
   /** Bun's drain callback: the socket's send buffer has room again. */
   drained(): void {
-    const waiters = this.drainWaiters
-    this.drainWaiters = []
+    const waiters = this.drainWaiters ?? []
+    this.drainWaiters = undefined
     for (const wake of waiters) wake()
   }
 
@@ -182,7 +183,7 @@ export class Session {
     this.deps.hub.remove(this.socket)
     if (this.principal && this.clientId) this.deps.presence.socketClosed(this.principal, this.clientId)
     if (this.principal && this.endpoint) this.deps.rpc.withdraw(this.principal, this.endpoint)
-    this.deps.rpc.callerGone(this.endpoint ?? this.caller)
+    if (this.endpoint ?? this.callerIdentity) this.deps.rpc.callerGone((this.endpoint ?? this.callerIdentity)!)
   }
 
   private async authenticate(token: string): Promise<void> {
@@ -320,7 +321,8 @@ export class Session {
 
   private call(message: z.infer<typeof callMessage>): void {
     const { id, target, method, payload, timeoutMs } = message
-    this.deps.rpc.call(this.principal!, this.endpoint ?? this.caller, { target, method, payload, timeoutMs }, (result) =>
+    this.callerIdentity ??= {}
+    this.deps.rpc.call(this.principal!, this.endpoint ?? this.callerIdentity, { target, method, payload, timeoutMs }, (result) =>
       this.send({ type: 'result', id, ...result }),
     )
   }
@@ -366,7 +368,7 @@ export class Session {
   /** Yields to the event loop between replay pages, and waits while the socket is backed up. */
   private roomToSend(): Promise<void> {
     if (this.socket.getBufferedAmount() < REPLAY_HIGH_WATER) return new Promise((resolve) => setImmediate(resolve))
-    return new Promise((resolve) => this.drainWaiters.push(resolve))
+    return new Promise((resolve) => (this.drainWaiters ??= []).push(resolve))
   }
 
   private withinRateLimit(): boolean {

@@ -5,28 +5,25 @@ import { Session, type SessionDeps } from '../../realtime/session'
 /**
  * The WebSocket endpoint: each connection gets a Session; the protocol lives there.
  *
- * Frames go to the session as Bun delivers them (text or bytes). Elysia's own message step would
- * rewrite the text first (numbers and `true` become values, JSON is parsed only when it starts with
- * `{`), which loses what the client actually sent; so `open` points the socket's message callback,
- * which Bun's handler in Elysia calls as `ws.data.message`, straight at the session.
+ * Once a socket is open, its `data` — where Bun's handler in Elysia looks up `message`, `drain` and
+ * `close` — is replaced by three calls into the session:
+ * - frames then reach the session as Bun delivers them: Elysia's own message step would rewrite
+ *   the text first (numbers and `true` become values, JSON is parsed only when it starts with `{`),
+ *   losing what the client actually sent;
+ * - the upgrade's whole request context, which Elysia keeps in `data` for the socket's lifetime,
+ *   is let go: it was more than half of an idle socket's memory (BENCHMARKS.md).
  */
 export function realtimeModule(deps: SessionDeps) {
-  const sessions = new WeakMap<object, Session>()
   return new Elysia({ name: 'realtime' }).ws('/ws', {
     open(ws) {
       const session = new Session(ws.raw as unknown as Socket, deps)
-      sessions.set(ws.raw, session)
-      ;(ws.raw.data as { message?: (socket: unknown, message: string | Buffer) => void }).message = (_socket, message) =>
-        session.received(message)
       const query = ws.data.query as Record<string, string | undefined>
+      ;(ws.raw as { data: unknown }).data = {
+        message: (_socket: unknown, message: string | Buffer) => session.received(message),
+        drain: () => session.drained(),
+        close: () => session.closed(),
+      }
       session.opened(query.token, query.clientId)
-    },
-    drain(ws) {
-      sessions.get(ws.raw)?.drained()
-    },
-    close(ws) {
-      sessions.get(ws.raw)?.closed()
-      sessions.delete(ws.raw)
     },
   })
 }
