@@ -1,6 +1,6 @@
 import type { ChannelState } from '../model/http'
 import { stateChangeOf } from '../model/state'
-import { backoffDelay, DEFAULT_BACKOFF } from './backoff'
+import { type BackoffOptions, backoffDelay, DEFAULT_BACKOFF } from './backoff'
 import type { Clock } from './clock'
 import type { CustomTypes, KnownFrame, OtherFrame } from './types'
 
@@ -14,8 +14,13 @@ export interface LiveChange {
 
 /** An immutable view of a channel's state; a new object after every change, the same one otherwise. */
 export interface LiveSnapshot<C extends CustomTypes = {}> {
-  /** Entity key → the latest event for it. */
-  entities: ReadonlyMap<string, KnownFrame<C> | OtherFrame>
+  /**
+   * Entity key → the latest event for it, for events of catalogue (and declared) types: a
+   * discriminated union, so `if (event.type === 'agent.status') event.payload.status` is typed.
+   */
+  entities: ReadonlyMap<string, KnownFrame<C>>
+  /** Entities whose latest event is of a type neither in the catalogue nor declared (explicit keys). */
+  others: ReadonlyMap<string, OtherFrame>
   /** The state includes every event of the channel up to this seq. */
   seq: number
   /** False until the first state has arrived. */
@@ -39,7 +44,7 @@ export interface LiveChannel<C extends CustomTypes = {}> {
  */
 export class LiveStore<C extends CustomTypes = {}> implements LiveChannel<C> {
   private entities = new Map<string, KnownFrame<C> | OtherFrame>()
-  private snapshot: LiveSnapshot<C> = { entities: new Map(), seq: 0, synced: false }
+  private snapshot: LiveSnapshot<C> = { entities: new Map(), others: new Map(), seq: 0, synced: false }
   private seq = 0
   /** Events held while a state is being fetched; null when in sync. */
   private held: OtherFrame[] | null = []
@@ -55,6 +60,10 @@ export class LiveStore<C extends CustomTypes = {}> implements LiveChannel<C> {
     private readonly fetchState: () => Promise<ChannelState>,
     private readonly clock: Clock,
     private readonly stop: () => void,
+    /** Whether an event type is in the catalogue or declared by the application. */
+    private readonly isKnown: (type: string) => boolean,
+    /** How long to wait before fetching a state again after a failure. */
+    private readonly backoff: BackoffOptions = DEFAULT_BACKOFF,
   ) {}
 
   getSnapshot = (): LiveSnapshot<C> => this.snapshot
@@ -84,14 +93,16 @@ export class LiveStore<C extends CustomTypes = {}> implements LiveChannel<C> {
   async resync(): Promise<void> {
     if (this.closed) return
     const generation = ++this.generation
-    this.held ??= []
+    // Whatever was held is covered by the state fetched now, or belongs to a database that was
+    // replaced (truncated): either way it must not be applied on top of the new state.
+    this.held = []
     this.clock.clearTimeout(this.retryTimer)
     let state: ChannelState
     try {
       state = await this.fetchState()
     } catch {
       if (generation !== this.generation) return
-      this.retryTimer = this.clock.setTimeout(() => void this.resync(), backoffDelay(this.attempt++, DEFAULT_BACKOFF, this.clock.random))
+      this.retryTimer = this.clock.setTimeout(() => void this.resync(), backoffDelay(this.attempt++, this.backoff, () => this.clock.random()))
       return
     }
     if (generation !== this.generation || this.closed) return
@@ -136,10 +147,25 @@ export class LiveStore<C extends CustomTypes = {}> implements LiveChannel<C> {
     queueMicrotask(() => {
       this.notifyScheduled = false
       if (this.closed) return
-      this.snapshot = { entities: new Map(this.entities), seq: this.seq, synced: true }
+      const entities = new Map<string, KnownFrame<C>>()
+      const others = new Map<string, OtherFrame>()
+      for (const [key, event] of this.entities) {
+        if (this.isKnown(event.type)) entities.set(key, event as KnownFrame<C>)
+        else others.set(key, event as OtherFrame)
+      }
+      this.snapshot = { entities, others, seq: this.seq, synced: true }
       const change = this.pending
       this.pending = { added: [], updated: [], removed: [], reset: false }
-      for (const listener of [...this.listeners]) listener(change)
+      for (const listener of [...this.listeners]) {
+        try {
+          listener(change)
+        } catch (error) {
+          // One failing listener must not keep the others from hearing of the change.
+          queueMicrotask(() => {
+            throw error
+          })
+        }
+      }
     })
   }
 }

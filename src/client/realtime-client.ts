@@ -214,7 +214,13 @@ class Client<C extends CustomTypes, M extends MethodMap> implements RealtimeClie
     if (!isChannelId(channelId)) throw new TypeError(`invalid channel id ${JSON.stringify(channelId)}`)
     if (this.closedByUser) throw new Error('the client is closed')
     let stop = () => {}
-    const store = new LiveStore<C>(() => this.channelState(channelId), this.clock, () => stop())
+    const store = new LiveStore<C>(
+      () => this.channelState(channelId),
+      this.clock,
+      () => stop(),
+      (type) => this.isKnownType(type),
+      this.backoff ?? undefined,
+    )
     const take = (frame: OtherFrame) => store.event(frame)
     stop = this.addHandler(channelId, { known: take as (event: never) => void, other: take, resync: () => void store.resync() }, {})
     // Joining a channel whose stream already has a cursor: the state can be fetched now.
@@ -463,6 +469,11 @@ class Client<C extends CustomTypes, M extends MethodMap> implements RealtimeClie
         return this.becameReady()
       case 'subscribed':
         return this.subscribed(frame)
+      case 'caught_up': {
+        const sub = this.subs.get(frame.channelId)
+        if (sub && typeof frame.lastSeq === 'number' && (sub.lastSeq === null || frame.lastSeq > sub.lastSeq)) sub.lastSeq = frame.lastSeq
+        return
+      }
       case 'pong':
         this.clock.clearTimeout(this.timers.pong)
         this.timers.pong = undefined
@@ -494,6 +505,11 @@ class Client<C extends CustomTypes, M extends MethodMap> implements RealtimeClie
     if (frame.truncated || (!hadCursor && sub.lastSeq !== null)) this.resync(sub)
   }
 
+  /** In the catalogue, or declared by the application with `types`: handlers get it typed. */
+  private isKnownType(type: string): boolean {
+    return isCatalogueType(type) || (this.options.types !== undefined && Object.hasOwn(this.options.types, type))
+  }
+
   /** Tells state-keeping handlers (live stores) to fetch the channel's state again. */
   private resync(sub: Subscription): void {
     for (const handler of [...sub.handlers]) handler.resync?.()
@@ -504,7 +520,7 @@ class Client<C extends CustomTypes, M extends MethodMap> implements RealtimeClie
     const sub = this.subs.get(frame.channelId)
     if (!sub || (sub.lastSeq !== null && frame.seq <= sub.lastSeq)) return
     sub.lastSeq = frame.seq
-    const known = isCatalogueType(frame.type) || (this.options.types !== undefined && Object.hasOwn(this.options.types, frame.type))
+    const known = this.isKnownType(frame.type)
     for (const handler of [...sub.handlers]) {
       try {
         if (known) handler.known(frame as never)
@@ -770,7 +786,8 @@ class Client<C extends CustomTypes, M extends MethodMap> implements RealtimeClie
     if (sub.lastSeq === null) {
       // A live-only subscription: start from the newest event, as a socket subscription would.
       const page = await this.page(channelId, 0, 1)
-      if (this.subs.get(channelId) === sub && sub.lastSeq === null) {
+      // The socket may have come back meanwhile: its subscribe set the cursor (or will).
+      if (this.polling && this.subs.get(channelId) === sub && sub.lastSeq === null) {
         sub.lastSeq = page.lastSeq
         this.resync(sub)
       }
@@ -792,7 +809,12 @@ class Client<C extends CustomTypes, M extends MethodMap> implements RealtimeClie
         this.deliver({ ...event, channelId } as OtherFrame)
         delivered++
       }
-      if (!page.hasMore) break
+      if (!page.hasMore) {
+        // Nothing of the channel is pending up to the newest seq: a cursor there is exact, and
+        // keeps a channel whose newest events were pruned from looking truncated at every poll.
+        if (this.subs.get(channelId) === sub && page.lastSeq > (sub.lastSeq ?? 0)) sub.lastSeq = page.lastSeq
+        break
+      }
     }
     return delivered
   }

@@ -110,6 +110,8 @@ export type ServerMessage =
       /** With `snapshot: true`: whether `snapshot` frames or a replay from `since` follow. */
       mode?: 'snapshot' | 'replay'
     }
+  /** A replay (or snapshot) is complete: every event of the channel up to `lastSeq` was sent; live ones follow. */
+  | { type: 'caught_up'; channelId: string; lastSeq: number }
   /** One part of a channel's state; `done` on the last. Live events with seq > `seq` follow. */
   | { type: 'snapshot'; channelId: string; seq: number; entities: unknown[]; done: boolean }
   | { type: 'unsubscribed'; channelId: string }

@@ -287,6 +287,9 @@ export class Session {
       after = page.at(-1)?.seq ?? after
       if (page.length < REPLAY_PAGE) {
         hub.subscribe(this.socket, orgId, channelId)
+        // Everything up to lastSeq is delivered: a cursor there is exact, even if the channel's
+        // newest events were pruned (else the next resume would report them lost again).
+        this.send({ type: 'caught_up', channelId, lastSeq: store.lastSeq() })
         return
       }
       await this.roomToSend()

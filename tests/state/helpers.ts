@@ -136,3 +136,14 @@ export function asFrame(wire: any): any {
 export function ev(type: string, payload: Record<string, unknown>, extra: Record<string, unknown> = {}) {
   return { id: crypto.randomUUID(), type, orgId: 'local', userId: 'local', timestamp: Date.now(), payload, ...extra }
 }
+
+/** The frames after a snapshot: exactly one caught_up, every event before it at or below its lastSeq, every one after above it. */
+export function splitCaughtUp(frames: any[]): { events: any[]; lastSeq: number } {
+  const at = frames.findIndex((f) => f.type === 'caught_up')
+  if (at < 0 || frames.filter((f) => f.type === 'caught_up').length !== 1) throw new Error('expected exactly one caught_up frame')
+  const { lastSeq } = frames[at]
+  if (!frames.slice(0, at).every((f) => f.seq <= lastSeq) || !frames.slice(at + 1).every((f) => f.seq > lastSeq)) {
+    throw new Error(`events on the wrong side of caught_up (lastSeq ${lastSeq})`)
+  }
+  return { events: frames.filter((f) => f.type !== 'caught_up'), lastSeq }
+}

@@ -17,8 +17,7 @@ import {
   seqsOf,
   type State,
   snapshotOf,
-  stateFromEntities,
-} from './helpers'
+  stateFromEntities, splitCaughtUp } from './helpers'
 
 /**
  * Large snapshots are sent in parts of at most 1000 entities or about 512 KB: every part has the
@@ -97,7 +96,7 @@ describe('large snapshots', () => {
     expect(seqsOf(await socket.events(C, 1))).toEqual([2701])
     await roundTrip(socket)
     expect(eventFrames(socket)).toEqual([])
-    expect(socket.log.map((f) => f.type)).toEqual(['subscribed', 'snapshot', 'snapshot', 'snapshot', 'task.deleted', 'pong'])
+    expect(socket.log.map((f) => f.type)).toEqual(['subscribed', 'snapshot', 'snapshot', 'snapshot', 'caught_up', 'task.deleted', 'pong'])
   })
 
   test('2 KB payloads: parts are cut at about 512 KB as well', async () => {
@@ -174,7 +173,8 @@ describe('large snapshots', () => {
     const S = parts[0].seq
     const state = stateFromEntities(parts.flatMap((p) => p.entities))
     expect(seqsByKey(state)).toEqual(seqsByKey(foldLog(S)))
-    const live = socket.log.slice(lastPart + 1, -1)
+    const { events: live, lastSeq: caughtUp } = splitCaughtUp(socket.log.slice(lastPart + 1, -1))
+    expect(caughtUp).toBeGreaterThanOrEqual(S)
     expect(seqsOf(live)).toEqual(seqsOf(log.filter((event) => event.seq > S)))
     for (const frame of live) applyEvent(state, frame)
     const http = await httpState(server, C)

@@ -317,7 +317,8 @@ describe('snapshot over WebSocket', () => {
     await ingestAll(server, [next])
     expect(await socket.events(C, 1)).toEqual([frameOf(next, 3, C)])
     await roundTrip(socket)
-    expect(socket.log.map((f) => f.type)).toEqual(['subscribed', 'snapshot', 'task.updated', 'pong'])
+    expect(socket.log.map((f) => f.type)).toEqual(['subscribed', 'snapshot', 'caught_up', 'task.updated', 'pong'])
+    expect(socket.log[2]).toEqual({ type: 'caught_up', channelId: C, lastSeq: 2 })
   })
 
   test('an empty or unknown channel: one empty part, done, at the newest seq', async () => {
@@ -405,7 +406,7 @@ describe('since with snapshot: replay or snapshot', () => {
       tail.send({ type: 'subscribe', channelId: M, snapshot: true, since })
       expect(await tail.next()).toEqual({ type: 'subscribed', channelId: M, epoch, mode: 'replay', since })
       await roundTrip(tail)
-      expect(tail.log.map((f) => f.type)).toEqual(['subscribed', 'pong'])
+      expect(tail.log.map((f) => f.type)).toEqual(['subscribed', 'caught_up', 'pong'])
     }
 
     // A void cursor (beyond the newest seq, or another epoch) → snapshot, not a truncated replay.
