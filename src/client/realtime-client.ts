@@ -566,7 +566,7 @@ class Client<C extends CustomTypes, M extends MethodMap> implements RealtimeClie
     if (pollingOn && !this.falling && this.timers.pollStart === undefined) {
       this.timers.pollStart = this.clock.setTimeout(() => {
         this.timers.pollStart = undefined
-        if (!this.ready && !this.closedByUser) this.startFallback()
+        if (!this.ready && !this.closedByUser && !this.falling) this.startFallback()
       }, this.options.polling ? (this.options.polling.afterMs ?? 10_000) : 10_000)
     }
     this.emit({
@@ -650,6 +650,7 @@ class Client<C extends CustomTypes, M extends MethodMap> implements RealtimeClie
   }
 
   private startSse(): void {
+    this.sse?.abort.abort()
     const abort = new AbortController()
     this.sse = { abort }
     void this.runSse(abort)
@@ -694,7 +695,8 @@ class Client<C extends CustomTypes, M extends MethodMap> implements RealtimeClie
       }
       const url = new URL('/api/events/stream', this.options.url)
       for (const channel of channels) url.searchParams.append('channel', channel)
-      url.searchParams.set('since', String(Math.min(...channels.map((channel) => this.subs.get(channel)?.lastSeq ?? 0))))
+      const since = Math.min(...channels.map((channel) => this.subs.get(channel)?.lastSeq ?? 0))
+      url.searchParams.set('since', String(since))
       if (this.snapshot.epoch) url.searchParams.set('epoch', this.snapshot.epoch)
       const token = await this.token()
       const response = await (this.options.fetch ?? fetch)(url, {
@@ -704,10 +706,8 @@ class Client<C extends CustomTypes, M extends MethodMap> implements RealtimeClie
       if (!response.ok || !response.body) throw new Error(`the event stream answered ${response.status}`)
       this.sseFailures = 0
       this.emit({ status: 'open', transport: 'sse', lastError: null })
-      let epochChanged = false
       await readEventStream(response.body, (event) => {
-        if (this.sse?.abort !== abort) return
-        epochChanged = this.streamEvent(event, epochChanged)
+        if (this.sse?.abort === abort) this.streamEvent(event, since)
       })
       if (this.sse?.abort === abort) this.sseRetry(abort, 'the event stream ended', retryMs)
     } catch (error) {
@@ -717,29 +717,27 @@ class Client<C extends CustomTypes, M extends MethodMap> implements RealtimeClie
     }
   }
 
-  /** Handles one stream event; returns whether the server said the database changed. */
-  private streamEvent(event: StreamEvent, epochChanged: boolean): boolean {
+  /** Handles one event of a stream that asked for everything after `asked`. */
+  private streamEvent(event: StreamEvent, asked: number): void {
     switch (event.event) {
       case 'ready': {
         const { epoch } = JSON.parse(event.data) as { epoch: string }
         if (epoch !== this.snapshot.epoch) this.emit({ epoch })
-        return epochChanged
+        return
       }
-      case 'epoch':
-        return true
       case 'truncated': {
         const { since } = JSON.parse(event.data) as { since: number }
         for (const [channelId, sub] of this.subs) {
-          // Another database: its seqs mean nothing to our cursors, accept the replay from its start.
-          if (epochChanged) sub.lastSeq = since
+          // The server restarts below what we asked (another database, or a cursor beyond its
+          // newest seq): our cursors mean nothing there, so take its replay from where it starts.
+          if (since < asked) sub.lastSeq = since
           this.options.onTruncated?.(channelId)
           this.resync(sub)
         }
-        return epochChanged
+        return
       }
       default:
         if (event.event.includes('.')) this.deliver(JSON.parse(event.data) as OtherFrame)
-        return epochChanged
     }
   }
 

@@ -61,10 +61,12 @@ export class Session {
   private drainWaiters: Array<() => void> | undefined
   private isClosed = false
   private clientId: string | undefined
-  /** Set once the connection announced itself with `hello`: it can then be called. */
-  private endpoint: (Endpoint & { kind?: string; methods: Set<string> }) | undefined
-  /** Who this connection is as a caller before it says `hello` (made at its first call). */
-  private callerIdentity: Caller | undefined
+  /**
+   * This connection in the RPC router, one object for its whole life: the caller of every call it
+   * makes (so all are released when it goes) and, once it said `hello`, a target. Made when needed.
+   */
+  private self: (Endpoint & Caller & { kind?: string; methods: Set<string> }) | undefined
+  private announced = false
   /**
    * Messages are handled one after another, each after the previous one's authentication has
    * settled, so `auth` followed at once by `subscribe` works. Replays run beside the inbox.
@@ -139,7 +141,7 @@ export class Session {
       case 'call':
         return this.call(message)
       case 'result':
-        if (!this.endpoint || !this.deps.rpc.result(this.endpoint, message.id, message)) {
+        if (!this.announced || !this.deps.rpc.result(this.rpcSelf(), message.id, message)) {
           this.error(WsErrorCode.UnknownCall, `no call ${JSON.stringify(message.id)} is waiting for this connection's result (answered already, timed out, or never made)`)
         }
         return
@@ -182,8 +184,10 @@ export class Session {
     this.drained()
     this.deps.hub.remove(this.socket)
     if (this.principal && this.clientId) this.deps.presence.socketClosed(this.principal, this.clientId)
-    if (this.principal && this.endpoint) this.deps.rpc.withdraw(this.principal, this.endpoint)
-    if (this.endpoint ?? this.callerIdentity) this.deps.rpc.callerGone((this.endpoint ?? this.callerIdentity)!)
+    if (this.self) {
+      if (this.principal && this.announced) this.deps.rpc.withdraw(this.principal, this.self)
+      this.deps.rpc.callerGone(this.self)
+    }
   }
 
   private async authenticate(token: string): Promise<void> {
@@ -305,29 +309,32 @@ export class Session {
       presence.socketOpened(principal, message.clientId)
       this.clientId = message.clientId
     }
-    if (this.endpoint?.clientId === message.clientId) {
-      this.endpoint.kind = message.kind
-      this.endpoint.methods = new Set(message.methods)
-    } else {
-      if (this.endpoint) rpc.withdraw(principal, this.endpoint)
-      this.endpoint = {
-        clientId: message.clientId,
-        kind: message.kind,
-        methods: new Set(message.methods),
-        deliver: (call) => this.send({ type: 'call', id: call.callId, method: call.method, payload: call.payload ?? null, from: call.from }),
-      }
-    }
-    rpc.announce(principal, this.endpoint)
+    const self = this.rpcSelf()
+    // A new clientId: leave the router under the old one first (calls waiting on it fail at once).
+    if (this.announced && self.clientId !== message.clientId) rpc.withdraw(principal, self)
+    self.clientId = message.clientId
+    self.kind = message.kind
+    self.methods = new Set(message.methods)
+    rpc.announce(principal, self)
+    this.announced = true
     presence.describe(principal, message.clientId, message.kind, message.methods)
     this.send({ type: 'welcome', clientId: message.clientId, ...(message.kind ? { kind: message.kind } : {}), methods: message.methods })
   }
 
   private call(message: z.infer<typeof callMessage>): void {
     const { id, target, method, payload, timeoutMs } = message
-    this.callerIdentity ??= {}
-    this.deps.rpc.call(this.principal!, this.endpoint ?? this.callerIdentity, { target, method, payload, timeoutMs }, (result) =>
+    this.deps.rpc.call(this.principal!, this.rpcSelf(), { target, method, payload, timeoutMs }, (result) =>
       this.send({ type: 'result', id, ...result }),
     )
+  }
+
+  private rpcSelf(): NonNullable<Session['self']> {
+    this.self ??= {
+      clientId: '',
+      methods: new Set(),
+      deliver: (call) => this.send({ type: 'call', id: call.callId, method: call.method, payload: call.payload ?? null, from: call.from }),
+    }
+    return this.self
   }
 
   private unsubscribe(channelId: string): void {

@@ -9,6 +9,8 @@ import { REPLAY_PAGE } from './session'
 
 /** Queued bytes past which a replay waits for the reader (Bun pulls as the socket drains). */
 const HIGH_WATER = 1 << 20
+/** How often streams are checked for readers that stopped reading (as the socket sweep). */
+const SLOW_READER_SWEEP_MS = 250
 /** Sent first: how long a browser's EventSource waits before it reconnects. */
 const RETRY_MS = 2000
 /** A snapshot is sent in parts of at most this many entities (the socket protocol's rule). */
@@ -39,14 +41,17 @@ export interface StreamDeps {
 
 /**
  * Server-Sent Events streams: the transport for clients behind proxies that refuse WebSocket
- * upgrades. Each event is `id: <seq>`, `event: <type>`, `data: <the frame a socket gets>`, in seq
- * order across all the stream's channels, so the one Last-Event-ID a browser sends back on
- * reconnect resumes every channel with no gap and no duplicate. An event on several of the
- * stream's channels comes once, through the first of its channels the stream follows.
+ * upgrades. Each event is `event: <type>`, `data: <the frame a socket gets>`, in seq order across
+ * all the stream's channels; an event on several of them comes once per channel, as on a socket,
+ * and only its last frame carries `id: <seq>`. So the one Last-Event-ID a browser sends back on
+ * reconnect resumes every channel with no gap and no duplicate.
  */
 export class Streams {
   private readonly open = new Set<() => void>()
   private readonly perCredential = new Map<string, number>()
+  /** Each open stream's check for a reader that stopped reading. */
+  private readonly checks = new Set<() => void>()
+  private sweep: ReturnType<typeof setInterval> | undefined
 
   constructor(private readonly deps: StreamDeps) {}
 
@@ -64,13 +69,33 @@ export class Streams {
     for (const end of [...this.open]) end()
   }
 
+  /**
+   * A stream is cut off only when its queue stays over the limit from one sweep to the next: a
+   * reader that keeps reading drains a large replay page or commit in between.
+   */
+  private watch(check: () => void): () => void {
+    this.checks.add(check)
+    this.sweep ??= setInterval(() => {
+      for (const each of [...this.checks]) each()
+    }, SLOW_READER_SWEEP_MS)
+    return () => {
+      this.checks.delete(check)
+      if (this.checks.size > 0) return
+      clearInterval(this.sweep)
+      this.sweep = undefined
+    }
+  }
+
   start(principal: Principal, request: StreamRequest): Response {
     const { hub, store, events, log, slowConsumerBytes, keepAliveMs } = this.deps
     const credential = principal.credential ?? `${principal.orgId}|${principal.userId}`
     const following = new Set(request.channels)
     const encoder = new TextEncoder()
     const removals: Array<() => void> = []
+    // Replays pause well below the cut-off, so a reader that keeps up is never near it.
+    const highWater = Math.min(HIGH_WATER, Math.floor(slowConsumerBytes / 2))
     let controller!: ReadableStreamDefaultController<Uint8Array>
+    let overLimit = false
     let wake: (() => void) | undefined
     let keepAlive: ReturnType<typeof setInterval> | undefined
     let lastSeq = 0
@@ -93,20 +118,32 @@ export class Streams {
       }
     }
     const write = (text: string) => {
-      if (ended) return
-      controller.enqueue(encoder.encode(text))
-      if (HIGH_WATER - (controller.desiredSize ?? 0) > slowConsumerBytes) {
-        log.warn('slow_consumers_closed', { closed: 1, transport: 'sse', limitBytes: slowConsumerBytes })
-        this.deps.metrics?.closes.inc({ reason: 'slow_consumer' })
-        controller.enqueue(encoder.encode('event: slow_consumer\ndata: {"reason":"resume from your last event id"}\n\n'))
-        end()
-      }
+      if (!ended) controller.enqueue(encoder.encode(text))
     }
+    removals.push(
+      this.watch(() => {
+        const queued = highWater - (controller.desiredSize ?? 0)
+        const over = queued > slowConsumerBytes
+        if (over && overLimit) {
+          log.warn('slow_consumers_closed', { closed: 1, transport: 'sse', limitBytes: slowConsumerBytes })
+          this.deps.metrics?.closes.inc({ reason: 'slow_consumer' })
+          write('event: slow_consumer\ndata: {"reason":"resume from your last event id"}\n\n')
+          end()
+        }
+        overLimit = over
+      }),
+    )
     const send = (event: StoredEvent) => {
-      // The first of the event's channels this stream follows: the same choice live and in replays.
-      const channel = event.channels.find((candidate) => following.has(candidate))!
+      // One frame per followed channel, as a socket gets; the id goes on the last, so a stream
+      // cut between them resumes before the event rather than after half of it.
+      const channels = event.channels.filter((candidate) => following.has(candidate))
       lastSeq = event.seq
-      write(`id: ${event.seq}\nevent: ${event.type}\ndata: ${eventFrame(event, channel)}\n\n`)
+      let text = ''
+      channels.forEach((channel, index) => {
+        const id = index === channels.length - 1 ? `id: ${event.seq}\n` : ''
+        text += `${id}event: ${event.type}\ndata: ${eventFrame(event, channel)}\n\n`
+      })
+      write(text)
     }
     const room = () =>
       (controller.desiredSize ?? 0) > 0
@@ -187,7 +224,7 @@ export class Streams {
         },
         cancel: end,
       },
-      new ByteLengthQueuingStrategy({ highWaterMark: HIGH_WATER }),
+      new ByteLengthQueuingStrategy({ highWaterMark: highWater }),
     )
     return new Response(body, {
       headers: {
