@@ -75,8 +75,12 @@ function expectErrorFrame(answer: any, codes: string[] = ERROR_CODES): void {
   for (const key of Object.keys(answer)) expect(['type', 'code', 'message', 'channelId', 'requestId']).toContain(key)
 }
 
-/** Checks `answer` against what the README prescribes for `frame`, on a socket holding the channels `held` (updated). */
-function expectAnswer(frame: Frame, answer: any, held: Set<string>): void {
+/**
+ * Checks `answer` against what the README prescribes for `frame`, on a socket holding the channels
+ * `held` (updated). Returns the channel whose replay or snapshot follows (its parts, then one
+ * `caught_up`), if any.
+ */
+function expectAnswer(frame: Frame, answer: any, held: Set<string>): string | void {
   if (!answer || typeof answer !== 'object') throw new Error(`answer is not an object: ${JSON.stringify(answer)}`)
   if ('bytes' in frame) return expectErrorFrame(answer, ['invalid_message'])
   // The client sends text as UTF-8: lone surrogates arrive as U+FFFD.
@@ -117,11 +121,23 @@ function expectAnswer(frame: Frame, answer: any, held: Set<string>): void {
       }
       held.add(message.channelId)
       expect([answer.type, answer.channelId, typeof answer.epoch]).toEqual(['subscribed', message.channelId, 'string'])
+      if (message.snapshot) {
+        expect(['snapshot', 'replay']).toContain(answer.mode)
+        return message.channelId
+      }
       // Nothing is stored: a live subscribe starts at lastSeq 0, a replay at 0 (truncated when the cursor is void here).
-      if (message.since === undefined) expect(answer.lastSeq).toBe(0)
-      else expect(answer.since).toBe(0)
-      return
+      if (message.since === undefined) return expect(answer.lastSeq).toBe(0)
+      expect(answer.since).toBe(0)
+      return message.channelId
     }
+    case 'hello':
+      return expect(answer).toEqual({ type: 'welcome', clientId: message.clientId, ...(message.kind ? { kind: message.kind } : {}), methods: message.methods })
+    case 'call':
+      // Alone on its user's connections: no target to reach (a connection never calls itself).
+      expect([answer.type, answer.id, answer.success, answer.code]).toEqual(['result', message.id, false, 'target_not_connected'])
+      return
+    case 'result':
+      return expectErrorFrame(answer, ['unknown_call'])
     case 'request': {
       expect([answer.type, answer.requestId, typeof answer.success]).toEqual(['response', message.id, 'boolean'])
       const history = message.action === 'history' ? historyRequest.safeParse(message.payload ?? {}) : undefined
@@ -152,10 +168,21 @@ async function exchange(frames: Frame[]): Promise<void> {
       const answer = await ws.next(() => true, 5000).catch((error: Error) => {
         throw new Error(`no answer to frame ${index} ${show(frame)}: ${error.message}`)
       })
+      let replayed: string | void
       try {
-        expectAnswer(frame, answer, held)
+        replayed = expectAnswer(frame, answer, held)
       } catch (error) {
         throw new Error(`frame ${index} ${show(frame)} got ${JSON.stringify(answer).slice(0, 300)}: ${(error as Error).message}`)
+      }
+      // A replay or snapshot of an empty log: its (empty) parts, then caught_up at seq 0.
+      while (replayed) {
+        const next = await ws.next(() => true, 5000)
+        if (next.type === 'snapshot') {
+          expect([next.channelId, next.entities]).toEqual([replayed, []])
+          continue
+        }
+        expect(next).toEqual({ type: 'caught_up', channelId: replayed, lastSeq: 0 })
+        replayed = undefined
       }
     }
     expect(await ws.next(() => true, 5000)).toEqual({ type: 'pong' })
