@@ -47,7 +47,6 @@ export const WsErrorCode = {
   UnknownType: 'unknown_type',
   InvalidChannel: 'invalid_channel',
   Forbidden: 'forbidden',
-  NotSubscribed: 'not_subscribed',
   NotAuthenticated: 'not_authenticated',
   TooManySubscriptions: 'too_many_subscriptions',
   UnknownCall: 'unknown_call',

@@ -4,6 +4,8 @@
  */
 import { parseArgs, type ParseArgsConfig } from 'node:util'
 import { RealtimeHttpError } from '../client/http'
+import { isChannelId } from '../model/channels'
+import type { WireEvent } from '../model/http'
 import type { Io } from './keys'
 
 export type { Io }
@@ -151,16 +153,15 @@ function networkReason(error: unknown): string {
 }
 
 /** The fields `tail` and `history` print of an event (a frame or a history entry). */
-export interface PrintableEvent {
-  type: string
-  id: string
-  seq: number
-  channelId?: string
-  orgId: string
-  userId: string
-  timestamp: number
-  key?: string
-  payload: Record<string, unknown>
+export type PrintableEvent = Omit<WireEvent, 'channels'>
+
+/** The one positional argument of `tail` and `history`: a channel id. */
+export function channelArgument(positionals: string[], command: string): string {
+  const [channel, ...extra] = positionals
+  if (!channel) throw new UsageError(`missing the channel id, e.g. \`switchboard ${command} agent:my-coder-agent\``)
+  if (extra.length > 0) throw new UsageError(`unexpected argument ${JSON.stringify(extra[0])}`)
+  if (!isChannelId(channel)) throw new UsageError(`${JSON.stringify(channel)} is not a channel id (<kind>:<name>, e.g. agent:my-coder-agent)`)
+  return channel
 }
 
 /** Longest payload shown on a human-readable line; `--json` prints it whole. */

@@ -3,9 +3,8 @@
  * the typed client), oldest first, one line each.
  */
 import { createHttp, unwrap } from '../client/http'
-import { isChannelId } from '../model/channels'
 import type { HistoryPage } from '../model/http'
-import { CONNECTION_HELP, CONNECTION_OPTIONS, consoleIo, type Env, EXIT, formatEvent, guard, type Io, parseCommand, target, UsageError, wholeNumber } from './common'
+import { channelArgument, CONNECTION_HELP, CONNECTION_OPTIONS, consoleIo, type Env, EXIT, formatEvent, guard, type Io, parseCommand, target, wholeNumber } from './common'
 
 const USAGE_LINE = 'usage: switchboard history <channel> [--since N] [--limit N] [--json]'
 /** The server's largest page. */
@@ -46,10 +45,7 @@ export async function runHistory(argv: string[], env: Env, io: Io = consoleIo): 
       io.out(HISTORY_USAGE)
       return EXIT.ok
     }
-    const [channel, ...extra] = positionals
-    if (!channel) throw new UsageError('missing the channel id, e.g. `switchboard history agent:my-coder-agent`')
-    if (extra.length > 0) throw new UsageError(`unexpected argument ${JSON.stringify(extra[0])}`)
-    if (!isChannelId(channel)) throw new UsageError(`${JSON.stringify(channel)} is not a channel id (<kind>:<name>, e.g. agent:my-coder-agent)`)
+    const channel = channelArgument(positionals, 'history')
     let since = wholeNumber(values.since, '--since') ?? 0
     let remaining = wholeNumber(values.limit, '--limit', 1) ?? 100
 

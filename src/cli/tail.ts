@@ -3,9 +3,8 @@
  * (which reconnects and resumes on its own), one line per event, until SIGINT/SIGTERM.
  */
 import { createRealtimeClient } from '../client'
-import { isChannelId } from '../model/channels'
 import type { ConnectionInfo } from '../client/types'
-import { CONNECTION_HELP, CONNECTION_OPTIONS, consoleIo, type Env, EXIT, formatEvent, guard, type Io, parseCommand, type PrintableEvent, target, UsageError, wholeNumber } from './common'
+import { channelArgument, CONNECTION_HELP, CONNECTION_OPTIONS, consoleIo, type Env, EXIT, formatEvent, guard, type Io, parseCommand, type PrintableEvent, target, wholeNumber } from './common'
 
 const USAGE_LINE = 'usage: switchboard tail <channel> [--since N] [--json]'
 
@@ -65,10 +64,7 @@ export async function runTail(argv: string[], env: Env, io: Io = consoleIo, opti
       io.out(TAIL_USAGE)
       return EXIT.ok
     }
-    const [channel, ...extra] = positionals
-    if (!channel) throw new UsageError('missing the channel id, e.g. `switchboard tail agent:my-coder-agent`')
-    if (extra.length > 0) throw new UsageError(`unexpected argument ${JSON.stringify(extra[0])}`)
-    if (!isChannelId(channel)) throw new UsageError(`${JSON.stringify(channel)} is not a channel id (<kind>:<name>, e.g. agent:my-coder-agent)`)
+    const channel = channelArgument(positionals, 'tail')
     const since = wholeNumber(values.since, '--since')
     const service = target(values, env)
 

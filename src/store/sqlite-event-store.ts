@@ -1,4 +1,4 @@
-import { and, asc, count, eq, gt, gte, inArray, lt, sql } from 'drizzle-orm'
+import { and, asc, count, eq, gt, inArray, sql } from 'drizzle-orm'
 import { statSync } from 'node:fs'
 import type { OpenedDatabase } from '../db/client'
 import { channelState, eventChannels, events, meta, pruneMarks } from '../db/schema'

@@ -282,10 +282,10 @@ describe('SSE fallback', () => {
     const errors = new Set<string | null>()
     subject.onState((state) => errors.add(state.lastError))
     const got = recorder(subject, 'task:q', { since: 0 })
-    await waitFor(() => subject.state.status === 'open' && subject.state.transport === 'polling', 3000, 'polling')
+    await waitFor(() => subject.state.status === 'open' && subject.state.transport === 'polling', 10_000, 'polling')
     const batch = events(['task:q'], 5)
     await store(server.url, batch)
-    await waitFor(() => got.length === 5, 3000, 'the events, by polling')
+    await waitFor(() => got.length === 5, 10_000, 'the events, by polling')
     expect(got.map((e) => e.id)).toEqual(batch.map((e) => e.id))
     // Two stream attempts (both 502), then polling only.
     const streamAttempts = count(failing.seen.map((s) => s.path), '/api/events/stream')
@@ -293,7 +293,7 @@ describe('SSE fallback', () => {
     expect(seen).toEqual([null, 'polling'])
     expect(errors.has('event stream failed: the event stream answered 502')).toBe(true)
     const polls = count(failing.seen.map((s) => s.path), '/api/events/since')
-    await waitFor(() => count(failing.seen.map((s) => s.path), '/api/events/since') > polls + 1, 3000, 'more polls')
+    await waitFor(() => count(failing.seen.map((s) => s.path), '/api/events/since') > polls + 1, 10_000, 'more polls')
     expect(count(failing.seen.map((s) => s.path), '/api/events/stream')).toBe(2)
   })
 
