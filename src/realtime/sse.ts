@@ -16,6 +16,40 @@ const RETRY_MS = 2000
 /** A snapshot is sent in parts of at most this many entities (the socket protocol's rule). */
 const SNAPSHOT_PART_ENTITIES = 1000
 
+const encoder = new TextEncoder()
+const BLOCK_END = encoder.encode('\n')
+/**
+ * `event:` and `data:` lines of an event on a channel, encoded once for every stream that gets it
+ * (kept with the event object, so they go when it does): encoding per stream was the largest
+ * part of SSE fan-out (BENCHMARKS.md).
+ */
+const encodedFrames = new WeakMap<StoredEvent, Map<string, Uint8Array>>()
+/** The `id: <seq>` line that opens the event's last block, likewise shared. */
+const encodedIds = new WeakMap<StoredEvent, Uint8Array>()
+
+function frameBytes(event: StoredEvent, channel: string): Uint8Array {
+  let byChannel = encodedFrames.get(event)
+  if (!byChannel) {
+    byChannel = new Map()
+    encodedFrames.set(event, byChannel)
+  }
+  let bytes = byChannel.get(channel)
+  if (!bytes) {
+    bytes = encoder.encode(`event: ${event.type}\ndata: ${eventFrame(event, channel)}\n`)
+    byChannel.set(channel, bytes)
+  }
+  return bytes
+}
+
+function idBytes(event: StoredEvent): Uint8Array {
+  let bytes = encodedIds.get(event)
+  if (!bytes) {
+    bytes = encoder.encode(`id: ${event.seq}\n`)
+    encodedIds.set(event, bytes)
+  }
+  return bytes
+}
+
 export interface StreamRequest {
   /** The channels to follow, in the caller's order (at least one). */
   channels: string[]
@@ -90,7 +124,6 @@ export class Streams {
     const { hub, store, events, log, slowConsumerBytes, keepAliveMs } = this.deps
     const credential = principal.credential ?? `${principal.orgId}|${principal.userId}`
     const following = new Set(request.channels)
-    const encoder = new TextEncoder()
     const removals: Array<() => void> = []
     // Replays pause well below the cut-off, so a reader that keeps up is never near it.
     const highWater = Math.min(HIGH_WATER, Math.floor(slowConsumerBytes / 2))
@@ -100,9 +133,36 @@ export class Streams {
     let keepAlive: ReturnType<typeof setInterval> | undefined
     let lastSeq = 0
     let ended = false
+    // What is written in one turn of the event loop (a commit's events, a replay page) goes to
+    // the stream as one chunk.
+    let pending: Uint8Array[] = []
+    let pendingBytes = 0
+    const flush = () => {
+      if (ended || pending.length === 0) return
+      const parts = pending
+      pending = []
+      if (parts.length === 1) controller.enqueue(parts[0]!)
+      else {
+        const chunk = new Uint8Array(pendingBytes)
+        let at = 0
+        for (const part of parts) {
+          chunk.set(part, at)
+          at += part.length
+        }
+        controller.enqueue(chunk)
+      }
+      pendingBytes = 0
+    }
+    const push = (bytes: Uint8Array) => {
+      if (ended) return
+      if (pending.length === 0) queueMicrotask(flush)
+      pending.push(bytes)
+      pendingBytes += bytes.length
+    }
 
     const end = () => {
       if (ended) return
+      flush()
       ended = true
       for (const remove of removals) remove()
       clearInterval(keepAlive)
@@ -117,9 +177,7 @@ export class Streams {
         // already closed or errored by the reader going away
       }
     }
-    const write = (text: string) => {
-      if (!ended) controller.enqueue(encoder.encode(text))
-    }
+    const write = (text: string) => push(encoder.encode(text))
     removals.push(
       this.watch(() => {
         const queued = highWater - (controller.desiredSize ?? 0)
@@ -138,12 +196,11 @@ export class Streams {
       // cut between them resumes before the event rather than after half of it.
       const channels = event.channels.filter((candidate) => following.has(candidate))
       lastSeq = event.seq
-      let text = ''
       channels.forEach((channel, index) => {
-        const id = index === channels.length - 1 ? `id: ${event.seq}\n` : ''
-        text += `${id}event: ${event.type}\ndata: ${eventFrame(event, channel)}\n\n`
+        if (index === channels.length - 1) push(idBytes(event))
+        push(frameBytes(event, channel))
+        push(BLOCK_END)
       })
-      write(text)
     }
     const room = () =>
       (controller.desiredSize ?? 0) > 0
