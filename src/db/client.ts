@@ -31,6 +31,9 @@ export function openDatabase(path: string): OpenedDatabase {
   // the log is truncated back to 64 MiB after each checkpoint.
   sqlite.run('PRAGMA wal_autocheckpoint = 16384')
   sqlite.run('PRAGMA journal_size_limit = 67108864')
+  // A 64 MiB page cache (the default is 2 MiB): replays and snapshots read events scattered
+  // through a large log, and missed pages were most of their time (BENCHMARKS.md).
+  sqlite.run('PRAGMA cache_size = -65536')
   sqlite.run('PRAGMA busy_timeout = 5000')
   const db = drizzle({ client: sqlite, schema })
   migrate(db, { migrationsFolder: MIGRATIONS })
