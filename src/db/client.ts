@@ -21,7 +21,10 @@ export interface OpenedDatabase {
  * against a crash or kill of this process (the OS holds the WAL), trading only the last
  * transactions on power loss (fsync happens at checkpoints) for a much faster commit.
  */
-export function openDatabase(path: string): OpenedDatabase {
+/** The default page cache: replays and snapshots of large logs read pages scattered through it. */
+export const DEFAULT_CACHE_MB = 64
+
+export function openDatabase(path: string, cacheMb: number = DEFAULT_CACHE_MB): OpenedDatabase {
   if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true })
   const sqlite = new Database(path, { create: true, strict: true })
   sqlite.run('PRAGMA journal_mode = WAL')
@@ -31,9 +34,9 @@ export function openDatabase(path: string): OpenedDatabase {
   // the log is truncated back to 64 MiB after each checkpoint.
   sqlite.run('PRAGMA wal_autocheckpoint = 16384')
   sqlite.run('PRAGMA journal_size_limit = 67108864')
-  // A 64 MiB page cache (the default is 2 MiB): replays and snapshots read events scattered
-  // through a large log, and missed pages were most of their time (BENCHMARKS.md).
-  sqlite.run('PRAGMA cache_size = -65536')
+  // SQLite's own default is 2 MiB; snapshots of large channels read events scattered through the
+  // whole log, and missed pages were most of their time (BENCHMARKS.md).
+  sqlite.run(`PRAGMA cache_size = -${Math.round(cacheMb * 1024)}`)
   sqlite.run('PRAGMA busy_timeout = 5000')
   const db = drizzle({ client: sqlite, schema })
   migrate(db, { migrationsFolder: MIGRATIONS })

@@ -8,6 +8,7 @@ describe('loadConfig', () => {
       host: '127.0.0.1',
       port: 3693,
       dbPath: './data/realtime.db',
+      dbCacheMb: 64,
       retentionHours: 24,
       pruneIntervalMs: 600_000,
       auth: { mode: 'none', orgId: 'local', userId: 'local' },
