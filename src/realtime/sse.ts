@@ -120,16 +120,22 @@ export class Streams {
     }
   }
 
-  start(principal: Principal, request: StreamRequest): Response {
+  /** Opens a stream; `closed` aborts when the client goes away. */
+  start(principal: Principal, request: StreamRequest, closed?: AbortSignal): Response {
     const { hub, store, events, log, slowConsumerBytes, keepAliveMs } = this.deps
     const credential = principal.credential ?? `${principal.orgId}|${principal.userId}`
     const following = new Set(request.channels)
     const removals: Array<() => void> = []
     // Replays pause well below the cut-off, so a reader that keeps up is never near it.
     const highWater = Math.min(HIGH_WATER, Math.floor(slowConsumerBytes / 2))
-    let controller!: ReadableStreamDefaultController<Uint8Array>
+    // Bun's direct stream: chunks go straight to the socket, with no queue of their own. Until Bun
+    // asks for the body (pull), what is written waits in `pending`.
+    let controller: ReadableStreamDirectController | undefined
+    let finish: (() => void) | undefined
     let overLimit = false
-    let wake: (() => void) | undefined
+    /** Bytes handed to the socket that it has not taken yet (its writes returned promises). */
+    let outstanding = 0
+    let taken: Promise<unknown> = Promise.resolve()
     let keepAlive: ReturnType<typeof setInterval> | undefined
     let lastSeq = 0
     let ended = false
@@ -138,20 +144,35 @@ export class Streams {
     let pending: Uint8Array[] = []
     let pendingBytes = 0
     const flush = () => {
-      if (ended || pending.length === 0) return
+      if (ended || !controller || pending.length === 0) return
       const parts = pending
       pending = []
-      if (parts.length === 1) controller.enqueue(parts[0]!)
-      else {
-        const chunk = new Uint8Array(pendingBytes)
+      let chunk = parts[0]!
+      if (parts.length > 1) {
+        chunk = new Uint8Array(pendingBytes)
         let at = 0
         for (const part of parts) {
           chunk.set(part, at)
           at += part.length
         }
-        controller.enqueue(chunk)
       }
       pendingBytes = 0
+      try {
+        const written = controller.write(chunk)
+        const flushed = controller.flush()
+        const wait = typeof flushed === 'number' ? (typeof written === 'number' ? undefined : written) : flushed
+        if (wait) {
+          outstanding += chunk.length
+          taken = wait.then(
+            () => {
+              outstanding -= chunk.length
+            },
+            () => end(),
+          )
+        }
+      } catch {
+        end() // the reader went away
+      }
     }
     const push = (bytes: Uint8Array) => {
       if (ended) return
@@ -166,22 +187,22 @@ export class Streams {
       ended = true
       for (const remove of removals) remove()
       clearInterval(keepAlive)
-      wake?.()
       this.open.delete(end)
       const left = this.countOf(credential) - 1
       if (left > 0) this.perCredential.set(credential, left)
       else this.perCredential.delete(credential)
       try {
-        controller.close()
+        controller?.close()
       } catch {
-        // already closed or errored by the reader going away
+        // already closed by the reader going away
       }
+      finish?.()
     }
+    closed?.addEventListener('abort', end, { once: true })
     const write = (text: string) => push(encoder.encode(text))
     removals.push(
       this.watch(() => {
-        const queued = highWater - (controller.desiredSize ?? 0)
-        const over = queued > slowConsumerBytes
+        const over = outstanding + pendingBytes > slowConsumerBytes
         if (over && overLimit) {
           log.warn('slow_consumers_closed', { closed: 1, transport: 'sse', limitBytes: slowConsumerBytes })
           this.deps.metrics?.closes.inc({ reason: 'slow_consumer' })
@@ -202,12 +223,11 @@ export class Streams {
         push(BLOCK_END)
       })
     }
-    const room = () =>
-      (controller.desiredSize ?? 0) > 0
-        ? new Promise<void>((resolve) => setImmediate(resolve))
-        : new Promise<void>((resolve) => {
-            wake = resolve
-          })
+    // Between replay pages: yield, and wait for the socket while it holds more than highWater.
+    const room = async () => {
+      await new Promise((resolve) => setImmediate(resolve))
+      while (!ended && outstanding > highWater) await taken
+    }
 
     const run = async () => {
       const { orgId } = principal
@@ -263,27 +283,28 @@ export class Streams {
       keepAlive = setInterval(() => write(': keep-alive\n\n'), keepAliveMs)
     }
 
-    const body = new ReadableStream<Uint8Array>(
-      {
-        start: (streamController) => {
-          controller = streamController
-          this.open.add(end)
-          this.perCredential.set(credential, this.countOf(credential) + 1)
-          run().catch((error) => {
-            if (!ended) log.error('stream_failed', { error: String(error) })
-            end()
-          })
-        },
-        pull: () => {
-          const resume = wake
-          wake = undefined
-          resume?.()
-        },
-        cancel: end,
+    this.open.add(end)
+    this.perCredential.set(credential, this.countOf(credential) + 1)
+    run().catch((error) => {
+      if (!ended) log.error('stream_failed', { error: String(error) })
+      end()
+    })
+    const source: Bun.DirectUnderlyingSource<Uint8Array> = {
+      type: 'direct',
+      // Called once, when Bun starts sending the body; the stream lasts while the promise is pending.
+      pull: (directController: ReadableStreamDirectController) => {
+        controller = directController
+        flush()
+        return new Promise<void>((resolve) => {
+          finish = resolve
+          if (ended) resolve()
+        })
       },
-      new ByteLengthQueuingStrategy({ highWaterMark: highWater }),
-    )
-    return new Response(body, {
+      cancel: end,
+    }
+    // bun-types declares the direct overload, but the DOM lib's ReadableStream shadows it.
+    const DirectStream = ReadableStream as unknown as new (source: Bun.DirectUnderlyingSource<Uint8Array>) => ReadableStream<Uint8Array>
+    return new Response(new DirectStream(source), {
       headers: {
         'content-type': 'text/event-stream; charset=utf-8',
         'cache-control': 'no-cache, no-transform',

@@ -40,5 +40,5 @@ export const streamModule = (streams: Streams, events: EventService, gate: ApiGa
     if (streams.countOf(credential) >= maxPerCredential) {
       throw new ApiError(429, 'too_many_streams', `at most ${maxPerCredential} open streams per credential`, { 'retry-after': '5' })
     }
-    return streams.start(principal, { channels: [...new Set(channels)], since, epoch, snapshot: snapshot === '1' || snapshot === 'true' })
+    return streams.start(principal, { channels: [...new Set(channels)], since, epoch, snapshot: snapshot === '1' || snapshot === 'true' }, request.signal)
   })
