@@ -10,6 +10,7 @@
  * stream is accepted and listening) goes to `onReady` instead.
  */
 import type { Socket } from 'bun'
+import { openRaw } from './raw-socket'
 
 export interface RawSseHandlers {
   /** The data of one event (any but `ready`): bytes[start, end). `at`: when its chunk arrived. */
@@ -200,32 +201,7 @@ export function connectSse(
   clock: () => number,
 ): Promise<RawSse> {
   const conn = new RawSse(id, handlers, clock)
-  return new Promise<RawSse>((resolve, reject) => {
-    conn.start(resolve, reject)
-    Bun.connect<RawSse>({
-      hostname: host,
-      port,
-      data: conn,
-      socket: {
-        open(socket) {
-          socket.data.socket = socket
-          socket.data.request(host, port, path)
-        },
-        data(socket, chunk) {
-          socket.data.feed(chunk)
-        },
-        close(socket) {
-          socket.data.ended()
-        },
-        error(socket, error) {
-          socket.data.fail(error)
-        },
-        connectError(socket, error) {
-          socket.data.fail(error)
-        },
-      },
-    }).catch(reject)
-  })
+  return openRaw(host, port, conn, (resolve, reject) => conn.start(resolve, reject), (open) => open.request(host, port, path))
 }
 
 function startsWith(buf: Uint8Array, start: number, end: number, prefix: Uint8Array): boolean {

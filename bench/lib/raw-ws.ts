@@ -7,6 +7,7 @@
  * (the servers measured never fragment); pings are answered, close frames are recorded.
  */
 import type { Socket } from 'bun'
+import { openRaw } from './raw-socket'
 
 export interface RawWsHandlers {
   /** A text frame: its payload is bytes[start, end). `at` is the clock reading when its chunk arrived. */
@@ -174,32 +175,7 @@ export function connectRaw(
   clock: () => number,
 ): Promise<RawWs> {
   const conn = new RawWs(id, handlers, clock)
-  return new Promise<RawWs>((resolve, reject) => {
-    conn.startUpgrade(resolve, reject)
-    Bun.connect<RawWs>({
-      hostname: host,
-      port,
-      data: conn,
-      socket: {
-        open(socket) {
-          socket.data.socket = socket
-          socket.data.handshake(host, port, path)
-        },
-        data(socket, chunk) {
-          socket.data.feed(chunk)
-        },
-        close(socket) {
-          socket.data.ended()
-        },
-        error(socket, error) {
-          socket.data.fail(error)
-        },
-        connectError(socket, error) {
-          socket.data.fail(error)
-        },
-      },
-    }).catch(reject)
-  })
+  return openRaw(host, port, conn, (resolve, reject) => conn.startUpgrade(resolve, reject), (open) => open.handshake(host, port, path))
 }
 
 function copy(buf: Uint8Array, from: number): Uint8Array {
